@@ -1,0 +1,13 @@
+"""Fixes that make the published OpenMMLab 2.x stack run on today's PyTorch, applied from inside evit_mm.
+
+Nothing in site-packages is edited: each fix hooks a public extension point of the library it fixes and is
+applied (idempotently) when an evit_mm adapter or tool is imported. See ``docs/compatibility.md``.
+"""
+from .mmengine_checkpoint import TRUST_ENV, load_local_checkpoint, mmengine_safe_globals, patch_mmengine_checkpoint
+
+__all__ = ['apply_all', 'patch_mmengine_checkpoint', 'load_local_checkpoint', 'mmengine_safe_globals', 'TRUST_ENV']
+
+
+def apply_all() -> None:
+    """Apply every compatibility fix whose library is importable. Safe to call many times."""
+    patch_mmengine_checkpoint()

@@ -1,0 +1,1 @@
+"""The model core: pure PyTorch, no mm imports."""

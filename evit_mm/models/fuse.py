@@ -1,0 +1,57 @@
+"""Folding BatchNorm into the neighbouring conv/linear layer, for deploy mode (pure PyTorch)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ['bn_scale_shift', 'fuse_conv_bn', 'fuse_linear_bn', 'fuse_bn_linear']
+
+
+@torch.no_grad()
+def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm):
+    """The per-channel affine map ``y = x * scale + shift`` that an eval-mode BatchNorm computes."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Conv2d:
+    """A Conv2d (with bias) equal to ``bn(conv(x))`` in eval mode."""
+    scale, shift = bn_scale_shift(bn)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    fused.bias.copy_(bias * scale + shift)
+    return fused
+
+
+@torch.no_grad()
+def fuse_linear_bn(linear: nn.Linear, bn: nn.modules.batchnorm._BatchNorm) -> nn.Linear:
+    """A Linear equal to ``bn(linear(x))`` in eval mode."""
+    scale, shift = bn_scale_shift(bn)
+    fused = nn.Linear(linear.in_features, linear.out_features, bias=True,
+                      device=linear.weight.device, dtype=linear.weight.dtype)
+    fused.weight.copy_(linear.weight * scale[:, None])
+    bias = linear.bias if linear.bias is not None else torch.zeros_like(shift)
+    fused.bias.copy_(bias * scale + shift)
+    return fused
+
+
+@torch.no_grad()
+def fuse_bn_linear(bn: nn.modules.batchnorm._BatchNorm, linear: nn.Linear) -> nn.Linear:
+    """A Linear equal to ``linear(bn(x))`` in eval mode (BN *before* the linear layer)."""
+    scale, shift = bn_scale_shift(bn)
+    fused = nn.Linear(linear.in_features, linear.out_features, bias=True,
+                      device=linear.weight.device, dtype=linear.weight.dtype)
+    fused.weight.copy_(linear.weight * scale[None, :])
+    bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features, device=shift.device,
+                                                                     dtype=shift.dtype)
+    fused.bias.copy_(bias + linear.weight @ shift)
+    return fused
