@@ -1,0 +1,73 @@
+"""Shared by tools/train.py and tools/test.py: build an mmengine Runner for any evit_mm config.
+
+The config's ``default_scope`` (mmdet / mmseg / mmagic) says which downstream library it belongs to. Its
+``custom_imports`` import the matching evit_mm adapter, which applies evit_mm's compatibility fixes.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import os.path as osp
+
+import torch
+
+from evit_mm.compat import apply_all
+
+SCOPES = ('mmdet', 'mmseg', 'mmagic', 'mmengine')
+
+
+def load_config(path: str, cfg_options: dict | None = None):
+    from mmengine.config import Config
+    apply_all()
+    if not osp.isfile(path):
+        raise SystemExit(f'config not found: {path}')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    scope = cfg.get('default_scope', 'mmengine')
+    if scope not in SCOPES:
+        raise SystemExit(f"{path}: default_scope '{scope}' is not one of {SCOPES}")
+    # The adapter registers evit_mm's modules; configs import it through custom_imports already, this makes
+    # configs that forgot it work as well.
+    if scope != 'mmengine':
+        importlib.import_module(f'evit_mm.{scope}')
+    return cfg
+
+
+def set_launcher(cfg, launcher: str) -> None:
+    cfg.launcher = launcher
+    if launcher != 'none' and not torch.cuda.is_available():
+        # NCCL (the mm default) needs GPUs; gloo runs DDP on CPU processes.
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+
+
+def default_work_dir(cfg, config_path: str, work_dir: str | None) -> None:
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def build_runner(cfg):
+    from mmengine.runner import Runner
+    if 'runner_type' not in cfg:
+        return Runner.from_cfg(cfg)
+    scope = cfg.get('default_scope', 'mmengine')
+    registry = importlib.import_module(f'{scope}.registry')
+    return registry.RUNNERS.build(cfg)
+
+
+def add_common_args(parser) -> None:
+    from mmengine.config import DictAction
+    parser.add_argument('--work-dir', help='where logs and checkpoints go (default ./work_dirs/<config name>)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. train_dataloader.batch_size=4')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher; tools/dist_train.sh uses pytorch (torchrun)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+
+
+def export_local_rank(args) -> None:
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
