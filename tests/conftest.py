@@ -1,0 +1,35 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: takes more than ~10 s on a 2-core CPU (deselect with -m "not slow")')
+    config.addinivalue_line('markers', 'gpu: needs a CUDA GPU (skipped without one)')
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU')
+    for item in items:
+        if 'gpu' in item.keywords:
+            item.add_marker(skip)
+
+
+def run_python(code: str, timeout: float = 300, cwd: str = ROOT, env=None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (so imports are observed from a clean sys.modules)."""
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=env)
+
+
+@pytest.fixture(scope='session')
+def coins_coco(tmp_path_factory):
+    """A small coins-coco dataset (real photographs, COCO format), shared by the tests of a session."""
+    from evit_mm.sample_data import make_coins_coco
+    return make_coins_coco(str(tmp_path_factory.mktemp('coins_coco')), num_train=4, num_val=2, image_size=128)
