@@ -1,0 +1,21 @@
+"""mmdet 3.x adapter: registers evit_mm's backbones and necks in mmdet's ``MODELS`` registry.
+
+Configs load it with ``custom_imports = dict(imports=['evit_mm.mmdet'], allow_failed_imports=False)``, which is
+what makes ``mim train mmdet <config>`` work (mim runs mmdet's own tools/train.py). Importing it also applies
+evit_mm's torch-2.14 compatibility fixes. It imports mmdet and mmengine only, never mmseg or mmagic.
+
+Registered: ``EfficientViTM`` (M0-M5), ``EfficientViTB`` (B0-B3), ``EfficientViTL`` (L0-L3, XL0/XL1) backbones
+and the ``EfficientViTFPN`` neck. Each is the pure-PyTorch core class plus mmengine's ``init_cfg``;
+``init_cfg=dict(type='Pretrained', checkpoint=...)`` converts official checkpoints and loads strictly.
+"""
+from mmdet.registry import MODELS
+
+from ..mm_common import mm_module
+from ..models import efficientvit_mit, efficientvit_msra, efficientvit_msra_fpn
+
+EfficientViTM = MODELS.register_module(module=mm_module(efficientvit_msra.EfficientViTM))
+EfficientViTB = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTB))
+EfficientViTL = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTL))
+EfficientViTFPN = MODELS.register_module(module=mm_module(efficientvit_msra_fpn.EfficientViTFPN))
+
+__all__ = ['EfficientViTM', 'EfficientViTB', 'EfficientViTL', 'EfficientViTFPN']
