@@ -74,11 +74,8 @@ def _read(path: str, allow_pickle: bool, checkpoint):
     if allow_pickle:
         import torch
         return checkpoint.unwrap_state_dict(torch.load(path, map_location='cpu', weights_only=False))
-    import torch
-    from evit_mm.models.efficientvit_msra import CHECKPOINT_SAFE_GLOBALS
     try:
-        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
-            return checkpoint.read_checkpoint(path)
+        return checkpoint.read_checkpoint(path)
     except pickle.UnpicklingError as err:
         reason = next((line.strip() for line in str(err).splitlines() if 'Unsupported global' in line),
                       str(err).splitlines()[0])

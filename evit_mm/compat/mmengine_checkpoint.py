@@ -55,7 +55,9 @@ def _restricted_getattr(obj, name, *default):
 
 def mmengine_safe_globals():
     """The allow-list for mmengine checkpoints, for ``torch.serialization.safe_globals``."""
-    return [_history_buffer(), *_numpy_globals(), (_restricted_getattr, 'builtins.getattr')]
+    from ..models.checkpoint import CHECKPOINT_SAFE_GLOBALS  # argparse.Namespace of the official trainers
+    return [_history_buffer(), *_numpy_globals(), *CHECKPOINT_SAFE_GLOBALS,
+            (_restricted_getattr, 'builtins.getattr')]
 
 
 def load_local_checkpoint(filename, map_location=None):

@@ -1,14 +1,19 @@
 """Reading checkpoints and loading them strictly, with a readable key diff (pure PyTorch)."""
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ['CheckpointMismatchError', 'read_checkpoint', 'unwrap_state_dict', 'load_state_dict_strict',
-           'format_key_diff']
+__all__ = ['CHECKPOINT_SAFE_GLOBALS', 'CheckpointMismatchError', 'read_checkpoint', 'unwrap_state_dict',
+           'load_state_dict_strict', 'format_key_diff']
+
+#: Python objects (besides tensors and containers) that the official training scripts store in their checkpoints
+#: and that are safe to unpickle: Cream's and MIT EfficientViT's main.py save an ``argparse.Namespace``.
+CHECKPOINT_SAFE_GLOBALS = [argparse.Namespace]
 
 #: Wrapper keys under which the known training codebases store the weights, tried in order.
 _WRAPPER_KEYS = ('state_dict', 'model', 'module', 'model_ema')
@@ -44,8 +49,8 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
 def read_checkpoint(src: str | os.PathLike | Mapping | nn.Module, map_location='cpu') -> dict[str, torch.Tensor]:
     """Read a local checkpoint file (or take a dict) and return its state dict.
 
-    Files are read with ``weights_only=True``: a checkpoint of weights needs nothing else, and this never runs
-    code from the file.
+    Files are read with ``weights_only=True`` (plus :data:`CHECKPOINT_SAFE_GLOBALS`): a checkpoint of weights
+    needs nothing else, and this never runs code from the file.
     """
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
@@ -54,7 +59,8 @@ def read_checkpoint(src: str | os.PathLike | Mapping | nn.Module, map_location='
         if path.endswith('.safetensors'):
             from safetensors.torch import load_file
             return load_file(path, device=str(map_location))
-        src = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
+            src = torch.load(path, map_location=map_location, weights_only=True)
     return unwrap_state_dict(src)
 
 

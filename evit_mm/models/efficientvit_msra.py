@@ -49,7 +49,6 @@ wrongly-shaped keys.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -541,8 +540,7 @@ class EfficientViTM(nn.Module):
         if self.deployed:
             raise RuntimeError('load_pretrained() must be called before fuse(): the fused model has no BatchNorm')
         source = os.fspath(src) if isinstance(src, (str, os.PathLike)) else type(src).__name__
-        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
-            state_dict = read_checkpoint(src)
+        state_dict = read_checkpoint(src)
         converted, report = convert_msra_state_dict(state_dict, fmt=fmt, window_size=self.window_sizes,
                                                     return_report=True)
         try:
@@ -599,10 +597,6 @@ def efficientvit_m5(**kwargs) -> EfficientViTM:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-#: Python objects (besides tensors and containers) that the official training scripts store in checkpoints and
-#: that are safe to unpickle: Cream's main.py saves its ``argparse.Namespace`` under ``'args'``.
-CHECKPOINT_SAFE_GLOBALS = [argparse.Namespace]
-
 #: Layouts understood by :func:`convert_msra_state_dict`.
 MSRA_FORMATS = ('cream-cls', 'cream-det', 'timm', 'evit_mm')
 
