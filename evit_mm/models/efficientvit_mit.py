@@ -1,0 +1,882 @@
+"""EfficientViT (MIT Han lab) backbones: B0-B3, L0-L3 and the XL0/XL1 backbones of EfficientViT-SAM.
+
+Pure PyTorch (no mm*, no timm). The paper is "EfficientViT: Multi-Scale Linear Attention for High-Resolution
+Dense Prediction" (Cai et al., ICCV 2023); the reference implementation is ``mit-han-lab/efficientvit``.
+
+Layout and naming
+-----------------
+The module tree deliberately reproduces the reference's *state-dict key layout* (``input_stem.op_list.0.conv``,
+``stages.3.op_list.1.context_module.main.qkv.conv`` ...), so an official checkpoint loads after stripping its
+``backbone.`` prefix and nothing else. The Python classes themselves are our own: one ``ConvNormAct`` with an
+explicit fold-into-conv ``fuse()``, blocks that take a boolean ``fewer_norm`` instead of per-layer norm/bias
+tuples, and backbones driven by small architecture tables.
+
+* :class:`EfficientViTB` (B0-B3): BatchNorm + Hardswish. Key layout ``input_stem.*`` (stage 0) and
+  ``stages.{0..3}.*`` (stages 1..4).
+* :class:`EfficientViTL` (L0-L3, XL0, XL1): BatchNorm + tanh-GELU. Key layout ``stages.{0..4|5}.*`` where
+  ``stages.0`` is the stem (stage 0).
+
+Feature numbering (``out_indices``)
+-----------------------------------
+Both classes number their stages exactly like the reference's output dict: stage ``0`` is the stem (stride 2),
+stage ``i`` has stride ``2**(i+1)``: stage1 = 4, stage2 = 8, stage3 = 16, stage4 = 32 and, for XL, stage5 = 64.
+``out_indices`` lists stage numbers; ``forward`` returns those stages' outputs as a tuple in the listed order.
+The default is every stage but the stem, i.e. ``(1, 2, 3, 4)`` (``(1, 2, 3, 4, 5)`` for XL). timm's
+``features_only`` indices ``(0, 1, 2, 3)`` are our ``(1, 2, 3, 4)``. :meth:`forward_dict` returns the
+reference's dict (``input``, ``stage0``, ..., ``stage_final``) for code written against the reference.
+
+Numerics (kept identical to the reference on purpose)
+-----------------------------------------------------
+* Norm eps: the reference builds every model with ``nn.BatchNorm2d`` defaults and then overrides the eps of
+  every norm layer in its model zoos: B 1e-5, L seg/cls 1e-7, every SAM model 1e-6. Here ``norm_eps`` is a
+  constructor argument; its default (``None``) picks the value of the only official checkpoints that exist for
+  that architecture: B0-B3 1e-5, L1-L3 1e-7, L0/XL0/XL1 1e-6 (these three exist only as SAM backbones). Pass
+  ``norm_eps=1e-6`` explicitly when building L1/L2 for SAM.
+* :class:`LiteMLA` uses eps 1e-15 (timm uses 1e-5), upcasts only *fp16* q/k/v to fp32 (bf16 stays bf16 for
+  the matmuls and is upcast for the division), and maps with ``H * W <= head_dim`` take the quadratic
+  (softmax-free ``q k^T``) path, exactly as the reference decides it. See the class docstring for where the
+  computation itself is reorganised.
+
+Checkpoint conversion
+---------------------
+:func:`convert_mit_state_dict` turns official cls/seg/SAM checkpoints, timm ``efficientvit_b*/l*`` state dicts
+and our own state dicts into one layout (the official one: ``backbone.*`` plus ``head.*``);
+:meth:`EfficientViTB.load_pretrained` / :meth:`EfficientViTL.load_pretrained` take any of them and load strictly
+through :func:`evit_mm.models.checkpoint.load_state_dict_strict`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from functools import partial
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint as _grad_checkpoint
+
+from .checkpoint import load_state_dict_strict, read_checkpoint
+from .fuse import fuse_conv_bn
+
+__all__ = [
+    # building blocks
+    'build_act', 'ConvNormAct', 'GroupedPointwiseConv', 'DSConv', 'MBConv', 'FusedMBConv', 'ResBlock', 'Residual',
+    'OpSequence',
+    'LiteMLA', 'EfficientViTBlock',
+    # backbones
+    'EfficientViTB', 'EfficientViTL', 'efficientvit_b0', 'efficientvit_b1', 'efficientvit_b2', 'efficientvit_b3',
+    'efficientvit_l0', 'efficientvit_l1', 'efficientvit_l2', 'efficientvit_l3', 'efficientvit_xl0',
+    'efficientvit_xl1', 'build_efficientvit_backbone', 'MIT_BACKBONE_ARCHS',
+    # checkpoints
+    'detect_mit_format', 'convert_mit_state_dict', 'split_mit_state_dict', 'MIT_CHECKPOINT_FORMATS',
+]
+
+# --------------------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------------------
+
+#: Activations by the names the reference configs use. "gelu" is the tanh approximation, as in the reference.
+_ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
+    'relu': nn.ReLU,
+    'relu6': nn.ReLU6,
+    'hswish': nn.Hardswish,
+    'silu': nn.SiLU,
+    'gelu': partial(nn.GELU, approximate='tanh'),
+}
+_HAS_INPLACE = {'relu', 'relu6', 'hswish', 'silu'}
+
+ActType = Union[str, Callable[[], nn.Module], None]
+
+
+def build_act(act: ActType, inplace: bool = False) -> Optional[nn.Module]:
+    """An activation module from a name (``'hswish'``, ``'gelu'`` = tanh-GELU, ...), a module class/factory,
+    or ``None`` (no activation). ``inplace`` is honoured by the named activations that support it."""
+    if act is None:
+        return None
+    if isinstance(act, str):
+        if act not in _ACTIVATIONS:
+            raise ValueError(f'unknown activation {act!r}; known: {sorted(_ACTIVATIONS)}')
+        return _ACTIVATIONS[act](inplace=True) if inplace and act in _HAS_INPLACE else _ACTIVATIONS[act]()
+    return act()
+
+
+class ConvNormAct(nn.Module):
+    """``[Dropout2d] -> Conv2d ('same' padding) -> [BatchNorm2d] -> [activation]``.
+
+    Attribute names (``conv``, ``norm``) give the reference's keys. ``fuse()`` folds the BatchNorm into the
+    conv (eval-mode statistics) and removes it; afterwards the layer is a plain conv+bias(+act). The activation
+    runs in place where PyTorch offers it (its input is this layer's own fresh conv/BN output, which neither
+    backward needs), saving an allocation per layer.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
+                 groups: int = 1, bias: bool = False, norm: bool = True, act: ActType = None,
+                 norm_eps: float = 1e-5, dropout: float = 0.0):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f'kernel_size must be odd for "same" padding, got {kernel_size}')
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else None
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
+                              groups=groups, bias=bias)
+        self.norm = nn.BatchNorm2d(out_channels, eps=norm_eps) if norm else None
+        self.act = build_act(act, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout is not None:
+            x = self.dropout(x)
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.act is not None:
+            x = self.act(x)
+        return x
+
+    @torch.no_grad()
+    def fuse(self) -> 'ConvNormAct':
+        if self.norm is not None:
+            self.conv = fuse_conv_bn(self.conv, self.norm)
+            self.norm = None
+        return self
+
+
+class DSConv(nn.Module):
+    """Depthwise-separable conv: ``depth_conv`` (dw kxk, stride) -> ``point_conv`` (1x1, no act).
+
+    ``fewer_norm`` (the reference's option for blocks that feed attention stages) drops the BN of the first
+    conv and gives it a bias instead.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, act: ActType = 'hswish',
+                 norm_eps: float = 1e-5, fewer_norm: bool = False, kernel_size: int = 3):
+        super().__init__()
+        self.depth_conv = ConvNormAct(in_channels, in_channels, kernel_size, stride, groups=in_channels,
+                                      bias=fewer_norm, norm=not fewer_norm, act=act, norm_eps=norm_eps)
+        self.point_conv = ConvNormAct(in_channels, out_channels, 1, norm_eps=norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.point_conv(self.depth_conv(x))
+
+
+class MBConv(nn.Module):
+    """Inverted residual: ``inverted_conv`` 1x1 expand -> ``depth_conv`` dw kxk (stride) -> ``point_conv`` 1x1.
+
+    ``mid = round(in_channels * expand_ratio)``; activations after the first two convs only. With
+    ``fewer_norm`` the first two convs have a bias and no BN (only ``point_conv`` is normalised).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, expand_ratio: float = 4,
+                 act: ActType = 'hswish', norm_eps: float = 1e-5, fewer_norm: bool = False,
+                 kernel_size: int = 3):
+        super().__init__()
+        mid = round(in_channels * expand_ratio)
+        self.inverted_conv = ConvNormAct(in_channels, mid, 1, bias=fewer_norm, norm=not fewer_norm, act=act,
+                                         norm_eps=norm_eps)
+        self.depth_conv = ConvNormAct(mid, mid, kernel_size, stride, groups=mid, bias=fewer_norm,
+                                      norm=not fewer_norm, act=act, norm_eps=norm_eps)
+        self.point_conv = ConvNormAct(mid, out_channels, 1, norm_eps=norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.point_conv(self.depth_conv(self.inverted_conv(x)))
+
+
+class FusedMBConv(nn.Module):
+    """Fused inverted residual: ``spatial_conv`` full kxk (in -> mid, stride) -> ``point_conv`` 1x1 (no act)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, expand_ratio: float = 4,
+                 act: ActType = 'gelu', norm_eps: float = 1e-5, fewer_norm: bool = False,
+                 kernel_size: int = 3):
+        super().__init__()
+        mid = round(in_channels * expand_ratio)
+        self.spatial_conv = ConvNormAct(in_channels, mid, kernel_size, stride, bias=fewer_norm,
+                                        norm=not fewer_norm, act=act, norm_eps=norm_eps)
+        self.point_conv = ConvNormAct(mid, out_channels, 1, norm_eps=norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.point_conv(self.spatial_conv(x))
+
+
+class ResBlock(nn.Module):
+    """Two full kxk convs, ``conv1`` (stride, act) -> ``conv2`` (no act); ``mid = round(in * expand_ratio)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, expand_ratio: float = 1,
+                 act: ActType = 'gelu', norm_eps: float = 1e-5, fewer_norm: bool = False,
+                 kernel_size: int = 3):
+        super().__init__()
+        mid = round(in_channels * expand_ratio)
+        self.conv1 = ConvNormAct(in_channels, mid, kernel_size, stride, bias=fewer_norm, norm=not fewer_norm,
+                                 act=act, norm_eps=norm_eps)
+        self.conv2 = ConvNormAct(mid, out_channels, kernel_size, norm_eps=norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x))
+
+
+_LOCAL_BLOCKS = {'ds': DSConv, 'mb': MBConv, 'fmb': FusedMBConv, 'res': ResBlock}
+
+
+class Residual(nn.Module):
+    """``main(x) + x``, or just ``main(x)`` when ``shortcut=False`` (the reference's stride-2 blocks).
+
+    The wrapped module lives under ``main`` in both cases, which is where the reference keeps it.
+    """
+
+    def __init__(self, main: nn.Module, shortcut: bool = True):
+        super().__init__()
+        self.main = main
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + x if self.shortcut else self.main(x)
+
+    def extra_repr(self) -> str:
+        return f'shortcut={self.shortcut}'
+
+
+class OpSequence(nn.Module):
+    """A sequence of modules applied in order, stored under ``op_list`` (the reference's key layout).
+
+    With ``with_cp=True`` each op is run under activation checkpointing while training.
+    """
+
+    def __init__(self, ops: Sequence[nn.Module], with_cp: bool = False):
+        super().__init__()
+        self.op_list = nn.ModuleList(ops)
+        self.with_cp = with_cp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for op in self.op_list:
+            if self.with_cp and self.training and x.requires_grad:
+                x = _grad_checkpoint(op, x, use_reentrant=False)
+            else:
+                x = op(x)
+        return x
+
+    def __len__(self) -> int:
+        return len(self.op_list)
+
+    def __getitem__(self, idx):
+        return self.op_list[idx]
+
+
+class GroupedPointwiseConv(nn.Conv2d):
+    """A grouped 1x1 convolution (an ``nn.Conv2d``, same parameters and state-dict keys) computed as one batched
+    matmul over the groups.
+
+    LiteMLA's aggregation uses a 1x1 conv with ``groups = 3 * heads`` (one group per q/k/v block). On CPU, PyTorch
+    runs such convs through its generic path, one GEMM call per group; a single batched ``matmul`` of the
+    ``(groups, out/g, in/g)`` weight with the ``(B, groups, in/g, H*W)`` input is several times faster and exports
+    to ONNX as a plain MatMul.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, bias: bool = False):
+        super().__init__(in_channels, out_channels, 1, groups=groups, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        g = self.groups
+        w = self.weight.reshape(g, self.out_channels // g, C // g)
+        y = torch.matmul(w, x.reshape(B, g, C // g, H * W)).reshape(B, self.out_channels, H, W)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no per-device query
+        return torch.is_autocast_enabled() if device_type == 'cuda' else torch.is_autocast_cpu_enabled()
+
+
+class LiteMLA(nn.Module):
+    """Lightweight multi-scale linear attention (ReLU kernel), as in EfficientViT.
+
+    ``qkv`` (1x1 conv, no norm) produces ``heads`` groups of ``[q | k | v]`` (``dim`` channels each, head-major
+    channel order). Each ``aggreg`` branch (depthwise ``s x s`` conv + 1x1 conv grouped per q/k/v block, the
+    latter run as a batched matmul, see :class:`GroupedPointwiseConv`) turns these into ``heads`` more groups
+    from a larger receptive field; all ``heads * (1 + len(scales))`` groups attend independently and ``proj``
+    (1x1 conv + BN) mixes the concatenated outputs.
+
+    For every group, with ``phi = relu``::
+
+        out_i = sum_j v_j (phi(k_j) . phi(q_i)) / (sum_j phi(k_j) . phi(q_i) + eps)
+
+    Linear path (``H * W > dim``): ``kv = v phi(k)^T`` (``dim x dim``) is formed first, so the cost is linear
+    in the number of tokens. The reference appends a row of ones to ``v`` (an ``N``-sized copy) so that one
+    matmul yields numerator and normaliser; here the normaliser row ``sum_j phi(k_j)`` is appended to the small
+    ``dim x dim`` matrix instead, which gives the same single ``(dim+1) x N`` product without copying ``v``.
+    Quadratic path (``H * W <= dim``, tiny maps): the ``N x N`` map ``phi(k)^T phi(q)`` is normalised over
+    keys and applied to ``v``, as in the reference.
+
+    Precision follows the reference: autocast is disabled inside the attention; fp16 q/k/v are upcast to fp32
+    before the matmuls (fp16 overflows otherwise, reference issue #110); bf16 matmuls stay bf16 and only the
+    division is done in fp32; the result is cast back to the input dtype. ``eps`` is 1e-15 as in the reference
+    (timm uses 1e-5); it is a plain attribute and may be changed after construction.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dim: int = 32, heads: Optional[int] = None,
+                 heads_ratio: float = 1.0, scales: Sequence[int] = (5,), norm_eps: float = 1e-5,
+                 eps: float = 1e-15):
+        super().__init__()
+        heads = int(in_channels // dim * heads_ratio) if heads is None else heads
+        if heads < 1:
+            raise ValueError(f'LiteMLA needs at least one head: in_channels={in_channels}, dim={dim}')
+        total = heads * dim
+        self.dim = dim
+        self.heads = heads
+        self.eps = eps
+        self.qkv = ConvNormAct(in_channels, 3 * total, 1, norm=False)
+        self.aggreg = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(3 * total, 3 * total, s, padding=s // 2, groups=3 * total, bias=False),
+                GroupedPointwiseConv(3 * total, 3 * total, groups=3 * heads),
+            ) for s in scales)
+        self.proj = ConvNormAct(total * (1 + len(scales)), out_channels, 1, norm_eps=norm_eps)
+
+    # The two attention kernels take the concatenated multi-scale qkv (B, G*3*dim, H, W) and return
+    # (B, G*dim, H, W) in qkv's dtype.
+    def _linear_attention(self, qkv: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = qkv.shape
+        dtype = qkv.dtype
+        if dtype == torch.float16:
+            qkv = qkv.float()
+        d = self.dim
+        qkv = qkv.reshape(B, -1, 3 * d, H * W)
+        q = F.relu(qkv[:, :, :d])
+        k = F.relu(qkv[:, :, d:2 * d])
+        v = qkv[:, :, 2 * d:]
+        kv = torch.matmul(v, k.transpose(-1, -2))  # (B, G, d, d)
+        kv = torch.cat([kv, k.sum(dim=-1).unsqueeze(-2)], dim=-2)  # + normaliser row -> (B, G, d+1, d)
+        out = torch.matmul(kv, q)  # (B, G, d+1, N)
+        if out.dtype == torch.bfloat16:
+            out = out.float()
+        out = out[:, :, :-1] / (out[:, :, -1:] + self.eps)
+        return out.to(dtype).reshape(B, -1, H, W)
+
+    def _quadratic_attention(self, qkv: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = qkv.shape
+        d = self.dim
+        qkv = qkv.reshape(B, -1, 3 * d, H * W)
+        q = F.relu(qkv[:, :, :d])
+        k = F.relu(qkv[:, :, d:2 * d])
+        v = qkv[:, :, 2 * d:]
+        att = torch.matmul(k.transpose(-1, -2), q)  # (B, G, N_keys, N_queries)
+        dtype = att.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            att = att.float()
+        att = (att / (att.sum(dim=2, keepdim=True) + self.eps)).to(dtype)
+        return torch.matmul(v, att).reshape(B, -1, H, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)
+        if len(self.aggreg):
+            qkv = torch.cat([qkv] + [op(qkv) for op in self.aggreg], dim=1)
+        H, W = qkv.shape[-2:]
+        attention = self._linear_attention if H * W > self.dim else self._quadratic_attention
+        if _autocast_enabled(qkv.device.type):
+            with torch.autocast(device_type=qkv.device.type, enabled=False):
+                out = attention(qkv)
+        else:
+            out = attention(qkv)
+        return self.proj(out)
+
+
+class EfficientViTBlock(nn.Module):
+    """``context_module`` (residual LiteMLA) followed by ``local_module`` (residual fewer-norm MBConv)."""
+
+    def __init__(self, channels: int, dim: int = 32, expand_ratio: float = 4, scales: Sequence[int] = (5,),
+                 act: ActType = 'hswish', norm_eps: float = 1e-5, heads_ratio: float = 1.0):
+        super().__init__()
+        self.context_module = Residual(LiteMLA(channels, channels, dim=dim, heads_ratio=heads_ratio,
+                                               scales=scales, norm_eps=norm_eps))
+        self.local_module = Residual(MBConv(channels, channels, expand_ratio=expand_ratio, act=act,
+                                            norm_eps=norm_eps, fewer_norm=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.local_module(self.context_module(x))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Backbones
+# --------------------------------------------------------------------------------------------------------------
+
+def _arch(arch: Union[str, Mapping[str, Any]], table: Mapping[str, Mapping[str, Any]], cls_name: str):
+    if isinstance(arch, str):
+        key = arch.lower().replace('efficientvit_', '').replace('efficientvit-', '')
+        if key not in table:
+            raise ValueError(f'{cls_name}: unknown arch {arch!r}; known: {sorted(table)}')
+        return key, dict(table[key])
+    return None, dict(arch)
+
+
+class _MITBackbone(nn.Module):
+    """What the B and L/XL backbones share: feature selection, freezing, norm_eval, fusing, loading.
+
+    Subclasses build their stage modules and list them, stem first, in ``self._stage_modules()``.
+    """
+
+    #: reference norm eps of the official checkpoints, per arch
+    default_norm_eps: dict[str, float] = {}
+
+    def _setup_outputs(self, out_indices, frozen_stages: int, norm_eval: bool):
+        n = len(self.width_list)
+        if isinstance(out_indices, int):
+            out_indices = (out_indices,)
+        if out_indices is None:
+            out_indices = tuple(range(1, n))
+        idx = []
+        for i in out_indices:
+            j = i + n if i < 0 else i
+            if not 0 <= j < n:
+                raise ValueError(f'out_indices entry {i} out of range: stages are 0 (stem) .. {n - 1}')
+            idx.append(j)
+        if len(set(idx)) != len(idx):
+            raise ValueError(f'out_indices has duplicates: {tuple(out_indices)}')
+        if not -1 <= frozen_stages < n:
+            raise ValueError(f'frozen_stages must be in [-1, {n - 1}], got {frozen_stages}')
+        self.out_indices = tuple(idx)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.fused = False
+        self._freeze_stages()
+
+    def _stage_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    # -- properties for adapters ---------------------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        """Number of stages including the stem (5 for B/L, 6 for XL)."""
+        return len(self.width_list)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Output stride of every stage, stem first."""
+        return tuple(2 ** (i + 1) for i in range(self.num_stages))
+
+    @property
+    def out_channels(self) -> tuple[int, ...]:
+        """Channels of the features ``forward`` returns (in ``out_indices`` order)."""
+        return tuple(self.width_list[i] for i in self.out_indices)
+
+    # -- forward ---------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The outputs of the stages in ``out_indices``, in that order. Stages past the last one needed are
+        not run."""
+        wanted = set(self.out_indices)
+        last = max(self.out_indices)
+        feats = {}
+        for i, stage in enumerate(self._stage_modules()[:last + 1]):
+            x = stage(x)
+            if i in wanted:
+                feats[i] = x
+        return tuple(feats[i] for i in self.out_indices)
+
+    def forward_dict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All stage outputs in the reference's dict: ``input``, ``stage0`` ... ``stageN``, ``stage_final``."""
+        out = {'input': x}
+        for i, stage in enumerate(self._stage_modules()):
+            out[f'stage{i}'] = x = stage(x)
+        out['stage_final'] = x
+        return out
+
+    # -- training-time behaviour ---------------------------------------------------------------------------
+    def _freeze_stages(self):
+        for stage in self._stage_modules()[:self.frozen_stages + 1]:
+            stage.eval()
+            for p in stage.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        """Also keeps frozen stages in eval mode and, with ``norm_eval``, every BatchNorm in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # -- deploy ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fuse(self):
+        """Fold every BatchNorm into the conv before it (in place; uses the running statistics, so call it on a
+        trained model, for inference). Returns ``self``. The state dict changes (no ``norm`` keys, conv biases
+        appear), so load weights before fusing."""
+        for m in self.modules():
+            if isinstance(m, ConvNormAct):
+                m.fuse()
+        self.fused = True
+        return self
+
+    # -- weights -------------------------------------------------------------------------------------------------
+    def load_pretrained(self, src, prefix: Optional[str] = None, source: Optional[str] = None):
+        """Load weights strictly from a checkpoint path or state dict in any format :func:`detect_mit_format`
+        knows (official cls/seg/SAM, timm, evit_mm). ``prefix`` selects a sub-dict explicitly (e.g.
+        ``'backbone.'`` of an mm checkpoint); by default the backbone part is found by the format.
+        A mismatch raises :class:`~evit_mm.models.checkpoint.CheckpointMismatchError` listing the keys."""
+        if self.fused:
+            raise RuntimeError('load weights before fuse(): a fused model has no BatchNorm keys')
+        name = source or (os.fspath(src) if isinstance(src, (str, os.PathLike)) else 'state dict')
+        sd = read_checkpoint(src)
+        if prefix is not None:
+            sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            if not sub:
+                raise KeyError(f'{name}: no key starts with {prefix!r}')
+            sd = sub
+        backbone_sd, _ = split_mit_state_dict(sd)
+        if not backbone_sd:
+            raise KeyError(f'{name} holds no EfficientViT backbone weights')
+        load_state_dict_strict(self, backbone_sd, source=name)
+        return self
+
+
+def _resolve_norm_eps(norm_eps, arch_key, defaults, fallback):
+    if norm_eps is not None:
+        return float(norm_eps)
+    return defaults.get(arch_key, fallback)
+
+
+class EfficientViTB(_MITBackbone):
+    """EfficientViT-B0..B3 (BatchNorm + Hardswish; LiteMLA in the last two stages).
+
+    Args:
+        arch: ``'b0'`` ... ``'b3'`` or a dict with ``width_list`` (5 ints), ``depth_list`` (5 ints), ``dim``
+            (LiteMLA head dim) and optionally ``expand_ratio`` (default 4).
+        in_channels: input image channels.
+        out_indices: stage numbers to return (0 = stem, stride 2; 4 = stride 32). Default ``(1, 2, 3, 4)``.
+        frozen_stages: freeze stages ``0..frozen_stages`` (parameters and BN statistics); -1 freezes nothing.
+        norm_eval: keep all BatchNorms in eval mode while training.
+        norm_eps: BatchNorm eps; default 1e-5, the value of the reference's B models.
+        act: activation name, default ``'hswish'``.
+        with_cp: activation checkpointing per block while training.
+
+    Structure (reference ``EfficientViTBackbone``): stem = 3x3 s2 conv + ``depth[0]`` residual DSConvs; stages 1
+    and 2 = ``depth[i]`` MBConvs (the first one stride 2, without shortcut); stages 3 and 4 = one stride-2
+    fewer-norm MBConv + ``depth[i]`` EfficientViT blocks. The stem is ``input_stem``, stages 1-4 are
+    ``stages[0..3]`` (state-dict keys of the reference).
+    """
+
+    arch_settings: dict[str, dict[str, Any]] = {
+        'b0': dict(width_list=(8, 16, 32, 64, 128), depth_list=(1, 2, 2, 2, 2), dim=16),
+        'b1': dict(width_list=(16, 32, 64, 128, 256), depth_list=(1, 2, 3, 3, 4), dim=16),
+        'b2': dict(width_list=(24, 48, 96, 192, 384), depth_list=(1, 3, 4, 4, 6), dim=32),
+        'b3': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 4, 6, 6, 9), dim=32),
+    }
+    default_norm_eps = {'b0': 1e-5, 'b1': 1e-5, 'b2': 1e-5, 'b3': 1e-5}
+
+    def __init__(self, arch: Union[str, Mapping[str, Any]] = 'b1', in_channels: int = 3,
+                 out_indices: Sequence[int] = (1, 2, 3, 4), frozen_stages: int = -1, norm_eval: bool = False,
+                 norm_eps: Optional[float] = None, act: ActType = 'hswish', with_cp: bool = False):
+        super().__init__()
+        self.arch, cfg = _arch(arch, self.arch_settings, type(self).__name__)
+        widths, depths = list(cfg['width_list']), list(cfg['depth_list'])
+        if len(widths) != 5 or len(depths) != 5:
+            raise ValueError('EfficientViTB needs 5 widths and 5 depths (stem + 4 stages)')
+        dim, expand = cfg['dim'], cfg.get('expand_ratio', 4)
+        eps = _resolve_norm_eps(norm_eps, self.arch, self.default_norm_eps, 1e-5)
+        self.norm_eps = eps
+        kw = dict(act=act, norm_eps=eps)
+
+        def local_block(cin, cout, stride, ratio, fewer_norm=False):
+            # the reference uses a DSConv wherever the expand ratio is 1 (the stem), an MBConv otherwise
+            if ratio == 1:
+                return DSConv(cin, cout, stride, fewer_norm=fewer_norm, **kw)
+            return MBConv(cin, cout, stride, ratio, fewer_norm=fewer_norm, **kw)
+
+        stem = [ConvNormAct(in_channels, widths[0], 3, 2, act=act, norm_eps=eps)]
+        stem += [Residual(local_block(widths[0], widths[0], 1, 1)) for _ in range(depths[0])]
+        self.input_stem = OpSequence(stem, with_cp)
+
+        stages, cin = [], widths[0]
+        for i in (1, 2):  # convolutional stages: depth counts the downsampling block
+            blocks = []
+            for j in range(depths[i]):
+                blocks.append(Residual(local_block(cin, widths[i], 2 if j == 0 else 1, expand), shortcut=j > 0))
+                cin = widths[i]
+            stages.append(OpSequence(blocks, with_cp))
+        for i in (3, 4):  # attention stages: a downsampling block plus depth EfficientViT blocks
+            blocks = [Residual(local_block(cin, widths[i], 2, expand, fewer_norm=True), shortcut=False)]
+            cin = widths[i]
+            blocks += [EfficientViTBlock(cin, dim=dim, expand_ratio=expand, **kw) for _ in range(depths[i])]
+            stages.append(OpSequence(blocks, with_cp))
+        self.stages = nn.ModuleList(stages)
+        self.width_list = tuple(widths)
+        self._setup_outputs(out_indices, frozen_stages, norm_eval)
+
+    def _stage_modules(self):
+        return [self.input_stem, *self.stages]
+
+
+class EfficientViTL(_MITBackbone):
+    """EfficientViT-L0..L3 and the EfficientViT-SAM XL0/XL1 backbones (BatchNorm + tanh-GELU).
+
+    Args:
+        arch: ``'l0'`` ... ``'l3'``, ``'xl0'``, ``'xl1'`` or a dict with ``width_list``, ``depth_list`` and
+            optionally ``block_list`` (per stage: ``'res'``, ``'fmb'``, ``'mb'``, ``'att'`` or ``'att@3'``),
+            ``expand_list``, ``fewer_norm_list`` and ``qkv_dim`` (default 32). Defaults are the L settings.
+        in_channels, out_indices, frozen_stages, norm_eval, with_cp: as :class:`EfficientViTB`; default
+            ``out_indices`` is every stage but the stem: ``(1, 2, 3, 4)`` for L, ``(1, ..., 5)`` for XL.
+        norm_eps: BatchNorm eps; default = the official checkpoints' value: 1e-7 for L1-L3 (seg/cls), 1e-6 for
+            L0, XL0 and XL1 (SAM only). EfficientViT-SAM L1/L2 need ``norm_eps=1e-6``.
+        act: activation name, default ``'gelu'`` (tanh approximation).
+
+    Structure (reference ``EfficientViTLargeBackbone``): stage 0 = 3x3 s2 conv + ``depth[0]`` residual blocks of
+    ``block_list[0]``; stage i >= 1 = a stride-2 block without shortcut (``block_list[i]`` if it is an (F)MBConv,
+    else an MBConv; expand ``4 * expand_list[i]``) + ``depth[i]`` residual blocks or EfficientViT blocks
+    (``'att@3'`` = LiteMLA scales ``(3,)``). All stages, stem included, live in ``stages`` (reference keys).
+    """
+
+    _L = dict(block_list=('res', 'fmb', 'fmb', 'mb', 'att'), expand_list=(1, 4, 4, 4, 6),
+              fewer_norm_list=(False, False, False, True, True))
+    _XL = dict(block_list=('res', 'fmb', 'fmb', 'fmb', 'att@3', 'att@3'), expand_list=(1, 4, 4, 4, 4, 6),
+               fewer_norm_list=(False, False, False, False, True, True))
+    arch_settings: dict[str, dict[str, Any]] = {
+        'l0': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 1, 1, 4, 4), **_L),
+        'l1': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 1, 1, 6, 6), **_L),
+        'l2': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 2, 2, 8, 8), **_L),
+        'l3': dict(width_list=(64, 128, 256, 512, 1024), depth_list=(1, 2, 2, 8, 8), **_L),
+        'xl0': dict(width_list=(32, 64, 128, 256, 512, 1024), depth_list=(0, 1, 1, 2, 3, 3), **_XL),
+        'xl1': dict(width_list=(32, 64, 128, 256, 512, 1024), depth_list=(1, 2, 2, 4, 6, 6), **_XL),
+    }
+    default_norm_eps = {'l0': 1e-6, 'l1': 1e-7, 'l2': 1e-7, 'l3': 1e-7, 'xl0': 1e-6, 'xl1': 1e-6}
+
+    def __init__(self, arch: Union[str, Mapping[str, Any]] = 'l1', in_channels: int = 3,
+                 out_indices: Optional[Sequence[int]] = None, frozen_stages: int = -1, norm_eval: bool = False,
+                 norm_eps: Optional[float] = None, act: ActType = 'gelu', with_cp: bool = False):
+        super().__init__()
+        self.arch, cfg = _arch(arch, self.arch_settings, type(self).__name__)
+        widths, depths = list(cfg['width_list']), list(cfg['depth_list'])
+        blocks_t = list(cfg.get('block_list', self._L['block_list']))
+        expands = list(cfg.get('expand_list', self._L['expand_list']))
+        fewer = list(cfg.get('fewer_norm_list', self._L['fewer_norm_list']))
+        qkv_dim = cfg.get('qkv_dim', 32)
+        if not len(widths) == len(depths) == len(blocks_t) == len(expands) == len(fewer):
+            raise ValueError('EfficientViTL: width/depth/block/expand/fewer_norm lists differ in length')
+        eps = _resolve_norm_eps(norm_eps, self.arch, self.default_norm_eps, 1e-7)
+        self.norm_eps = eps
+        kw = dict(act=act, norm_eps=eps)
+
+        def local_block(kind, cin, cout, stride, ratio, fewer_norm):
+            if kind not in _LOCAL_BLOCKS:
+                raise ValueError(f'unknown block type {kind!r}')
+            return _LOCAL_BLOCKS[kind](cin, cout, stride, ratio, fewer_norm=fewer_norm, **kw)
+
+        stem = [ConvNormAct(in_channels, widths[0], 3, 2, act=act, norm_eps=eps)]
+        stem += [Residual(local_block(blocks_t[0], widths[0], widths[0], 1, expands[0], fewer[0]))
+                 for _ in range(depths[0])]
+        stages, cin = [OpSequence(stem, with_cp)], widths[0]
+        for i in range(1, len(widths)):
+            kind = blocks_t[i]
+            down_kind = kind if kind in ('mb', 'fmb') else 'mb'
+            blocks = [Residual(local_block(down_kind, cin, widths[i], 2, expands[i] * 4, fewer[i]), shortcut=False)]
+            cin = widths[i]
+            for _ in range(depths[i]):
+                if kind.startswith('att'):
+                    scales = (3,) if kind == 'att@3' else (5,)
+                    blocks.append(EfficientViTBlock(cin, dim=qkv_dim, expand_ratio=expands[i], scales=scales, **kw))
+                else:
+                    blocks.append(Residual(local_block(kind, cin, cin, 1, expands[i], fewer[i])))
+            stages.append(OpSequence(blocks, with_cp))
+        self.stages = nn.ModuleList(stages)
+        self.width_list = tuple(widths)
+        self._setup_outputs(out_indices, frozen_stages, norm_eval)
+
+    def _stage_modules(self):
+        return list(self.stages)
+
+
+#: every named architecture -> backbone class
+MIT_BACKBONE_ARCHS: dict[str, type] = {**{k: EfficientViTB for k in EfficientViTB.arch_settings},
+                                        **{k: EfficientViTL for k in EfficientViTL.arch_settings}}
+
+
+def build_efficientvit_backbone(arch: str, **kwargs) -> _MITBackbone:
+    """``EfficientViTB`` or ``EfficientViTL`` for an arch name (``'b0'`` ... ``'xl1'``, ``'efficientvit_b1'``)."""
+    key = arch.lower().replace('efficientvit_', '').replace('efficientvit-', '')
+    if key not in MIT_BACKBONE_ARCHS:
+        raise ValueError(f'unknown EfficientViT arch {arch!r}; known: {sorted(MIT_BACKBONE_ARCHS)}')
+    return MIT_BACKBONE_ARCHS[key](key, **kwargs)
+
+
+def efficientvit_b0(**kwargs) -> EfficientViTB:
+    """EfficientViT-B0 (0.68M backbone parameters)."""
+    return EfficientViTB('b0', **kwargs)
+
+
+def efficientvit_b1(**kwargs) -> EfficientViTB:
+    """EfficientViT-B1 (4.64M)."""
+    return EfficientViTB('b1', **kwargs)
+
+
+def efficientvit_b2(**kwargs) -> EfficientViTB:
+    """EfficientViT-B2 (15.0M)."""
+    return EfficientViTB('b2', **kwargs)
+
+
+def efficientvit_b3(**kwargs) -> EfficientViTB:
+    """EfficientViT-B3 (39.0M)."""
+    return EfficientViTB('b3', **kwargs)
+
+
+def efficientvit_l0(**kwargs) -> EfficientViTL:
+    """EfficientViT-L0 (27.8M; exists only as the EfficientViT-SAM-L0 backbone, default norm_eps 1e-6)."""
+    return EfficientViTL('l0', **kwargs)
+
+
+def efficientvit_l1(**kwargs) -> EfficientViTL:
+    """EfficientViT-L1 (38.0M; default norm_eps 1e-7)."""
+    return EfficientViTL('l1', **kwargs)
+
+
+def efficientvit_l2(**kwargs) -> EfficientViTL:
+    """EfficientViT-L2 (49.1M; default norm_eps 1e-7)."""
+    return EfficientViTL('l2', **kwargs)
+
+
+def efficientvit_l3(**kwargs) -> EfficientViTL:
+    """EfficientViT-L3 (194.0M; default norm_eps 1e-7)."""
+    return EfficientViTL('l3', **kwargs)
+
+
+def efficientvit_xl0(**kwargs) -> EfficientViTL:
+    """EfficientViT-XL0, the EfficientViT-SAM-XL0 backbone (96.6M, 6 stages, default norm_eps 1e-6)."""
+    return EfficientViTL('xl0', **kwargs)
+
+
+def efficientvit_xl1(**kwargs) -> EfficientViTL:
+    """EfficientViT-XL1, the EfficientViT-SAM-XL1 backbone (167.3M, 6 stages, default norm_eps 1e-6)."""
+    return EfficientViTL('xl1', **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoint conversion
+# --------------------------------------------------------------------------------------------------------------
+
+#: Formats :func:`detect_mit_format` recognises.
+MIT_CHECKPOINT_FORMATS = {
+    'official': "official cls/seg checkpoint or evit_mm's own full layout: 'backbone.*' (+ 'head.*'), or 'head.*' only",
+    'sam': "official EfficientViT-SAM checkpoint: 'image_encoder.backbone.*', 'image_encoder.neck.*', ...",
+    'backbone': "bare backbone state dict (evit_mm EfficientViTB/L.state_dict(), reference backbone)",
+    'timm': "timm efficientvit_b*/l* state dict: 'stem.*', 'stages.N.blocks.M.*', 'head.in_conv/classifier.*'",
+}
+
+_TIMM_KEY = re.compile(r'^(stem|stages|head)\.')
+_TIMM_STEM = re.compile(r'^stem\.(in_conv|res(\d+))\.(.*)$')
+_TIMM_STAGE = re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.(.*)$')
+_TIMM_HEAD = {  # timm ClassifierHead -> reference ClsHead (OpSequential)
+    'head.in_conv.': 'head.op_list.0.',
+    'head.classifier.0.': 'head.op_list.2.linear.',
+    'head.classifier.1.': 'head.op_list.2.norm.',
+    'head.classifier.4.': 'head.op_list.3.linear.',
+}
+
+
+def _strip_module_prefix(sd: Mapping[str, Any]) -> dict:
+    keys = list(sd)
+    if keys and all(k.startswith('module.') for k in keys):
+        return {k[len('module.'):]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def detect_mit_format(sd: Mapping[str, Any]) -> str:
+    """Which EfficientViT-MIT layout a state dict has: one of :data:`MIT_CHECKPOINT_FORMATS`.
+
+    Raises ``ValueError`` (showing some keys) for anything else.
+    """
+    keys = list(_strip_module_prefix(sd))
+    if any(k.startswith('image_encoder.backbone.') for k in keys):
+        return 'sam'
+    if any(k.startswith(('backbone.', 'head.input_ops.', 'head.middle.', 'head.output_ops.', 'head.op_list.'))
+           for k in keys):
+        return 'official'
+    if any(_TIMM_STAGE.match(k) or k.startswith('stem.in_conv.') for k in keys):
+        return 'timm'
+    if any(k.startswith('input_stem.op_list.') or re.match(r'stages\.\d+\.op_list\.', k) for k in keys):
+        return 'backbone'
+    raise ValueError('not an EfficientViT (MIT) state dict: expected keys like backbone.stages.N.op_list..., '
+                     'stages.N.op_list..., image_encoder.backbone... or timm stem./stages.N.blocks...; '
+                     f'got e.g. {keys[:5]}')
+
+
+def _timm_is_large(sd: Mapping[str, Any]) -> bool:
+    # L/XL stages start with FusedMBConvs (spatial_conv) and the stem repeats ResBlocks (conv1);
+    # B uses MBConvs (inverted_conv) and DSConvs (depth_conv).
+    if any(k.startswith('stem.res0.main.conv1.') or k.startswith('stages.0.blocks.0.main.spatial_conv.')
+           for k in sd):
+        return True
+    if any(k.startswith('stem.res0.main.depth_conv.') or k.startswith('stages.0.blocks.0.main.inverted_conv.')
+           for k in sd):
+        return False
+    raise ValueError('timm state dict: cannot tell EfficientViT-B from -L (no stem.res0 / stages.0.blocks.0)')
+
+
+def _convert_timm(sd: Mapping[str, Any]) -> 'OrderedDict[str, Any]':
+    large = _timm_is_large(sd)
+    stem = 'backbone.stages.0.op_list.' if large else 'backbone.input_stem.op_list.'
+    shift = 1 if large else 0  # timm numbers the stages after the stem from 0; the L reference from 1
+    out, unknown = OrderedDict(), []
+    for k, v in sd.items():
+        m = _TIMM_STEM.match(k)
+        if m:
+            idx = 0 if m.group(1) == 'in_conv' else int(m.group(2)) + 1
+            out[f'{stem}{idx}.{m.group(3)}'] = v
+            continue
+        m = _TIMM_STAGE.match(k)
+        if m:
+            out[f'backbone.stages.{int(m.group(1)) + shift}.op_list.{m.group(2)}.{m.group(3)}'] = v
+            continue
+        for src, dst in _TIMM_HEAD.items():
+            if k.startswith(src):
+                out[dst + k[len(src):]] = v
+                break
+        else:
+            unknown.append(k)
+    if unknown:
+        raise ValueError(f'timm EfficientViT state dict: {len(unknown)} keys with no evit_mm counterpart: '
+                         f'{unknown[:10]}{" ..." if len(unknown) > 10 else ""}')
+    return out
+
+
+def convert_mit_state_dict(sd: Mapping[str, Any], src_format: str = 'auto') -> 'OrderedDict[str, Any]':
+    """Convert an EfficientViT (MIT) state dict to evit_mm's layout.
+
+    evit_mm's layout *is* the reference's: backbone weights under ``backbone.`` (keys of
+    :class:`EfficientViTB` / :class:`EfficientViTL`), the seg head under ``head.`` (keys of
+    :class:`~evit_mm.models.seg_head.EfficientViTSegHead`), the classification head under ``head.op_list.*``.
+    Hence:
+
+    * ``official`` (cls/seg checkpoints, evit_mm full dicts) and ``sam`` are returned unchanged (copied);
+    * ``backbone`` (bare backbone dict) gets the ``backbone.`` prefix;
+    * ``timm``: ``stem.in_conv`` / ``stem.res{i}`` -> stem ops ``0`` / ``i+1``; ``stages.{s}.blocks.{j}`` ->
+      ``stages.{s}.op_list.{j}`` (B) or ``stages.{s+1}.op_list.{j}`` (L, whose stem is ``stages.0``); the
+      classifier head -> the reference ClsHead keys. Block-internal names are the same in timm. Keys with no
+      counterpart raise ``ValueError``.
+
+    A ``module.`` (DataParallel) prefix on every key is removed first.
+    """
+    sd = _strip_module_prefix(sd)
+    fmt = detect_mit_format(sd) if src_format == 'auto' else src_format
+    if fmt not in MIT_CHECKPOINT_FORMATS:
+        raise ValueError(f'unknown source format {src_format!r}; known: auto, {", ".join(MIT_CHECKPOINT_FORMATS)}')
+    if fmt in ('official', 'sam'):
+        return OrderedDict(sd)
+    if fmt == 'backbone':
+        return OrderedDict((f'backbone.{k}', v) for k, v in sd.items())
+    return _convert_timm(sd)
+
+
+def split_mit_state_dict(sd: Mapping[str, Any], src_format: str = 'auto'
+                         ) -> tuple['OrderedDict[str, Any]', 'OrderedDict[str, Any]']:
+    """Convert (see :func:`convert_mit_state_dict`) and split into ``(backbone, head)`` dicts without their
+    prefixes. ``backbone`` comes from ``backbone.*`` or, for SAM checkpoints, ``image_encoder.backbone.*``;
+    ``head`` from ``head.*`` (a seg head or a classification head; empty for SAM and bare backbones)."""
+    full = convert_mit_state_dict(sd, src_format)
+    bb_prefix = 'image_encoder.backbone.' if any(k.startswith('image_encoder.backbone.') for k in full) \
+        else 'backbone.'
+    backbone = OrderedDict((k[len(bb_prefix):], v) for k, v in full.items() if k.startswith(bb_prefix))
+    head = OrderedDict((k[len('head.'):], v) for k, v in full.items() if k.startswith('head.'))
+    return backbone, head

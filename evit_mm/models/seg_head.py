@@ -1,0 +1,249 @@
+"""The EfficientViT segmentation head (decoder only; losses come from the mmseg adapter). Pure PyTorch.
+
+Reference: ``SegHead`` in ``mit-han-lab/efficientvit`` (``efficientvit/models/efficientvit/seg.py``)::
+
+    for each input (stage4, stage3, stage2 with strides 32, 16, 8):
+        1x1 conv -> BN (no act) -> bicubic upsample by stride // head_stride (align_corners=False, in fp32)
+    sum -> head_depth x residual MBConv / FusedMBConv -> [1x1 conv expand (BN, act)] -> [Dropout2d] 1x1 classifier
+
+The result is stride-8 logits (no final upsample: mmseg's decode head resizes them to the label size).
+Module names reproduce the reference's state-dict keys (``input_ops.{i}.op_list.0.conv``, ``input_ops.2.conv`` for
+the stride-8 input that needs no upsampling, ``middle.op_list.{k}.main.*``, ``output_ops.0.op_list.{0,1}.*``),
+so the ``head.*`` part of an official seg checkpoint loads unchanged.
+
+Inputs: :meth:`EfficientViTSegHead.forward` takes either the reference's feature dict (``{'stage4': ...}``) or the
+tuple/list an evit_mm backbone returns, i.e. the features of ``backbone_out_indices`` in that order. The head maps
+its ``fid_list`` entry ``'stageK'`` to the position of ``K`` in ``backbone_out_indices`` (default
+``(1, 2, 3, 4)``, the backbones' default): ``stage4 -> feats[3]``, ``stage3 -> feats[2]``, ``stage2 -> feats[1]``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import load_state_dict_strict, read_checkpoint
+from .efficientvit_mit import (ActType, ConvNormAct, FusedMBConv, MBConv, OpSequence, Residual,
+                               _autocast_enabled, split_mit_state_dict)
+
+__all__ = ['EfficientViTSegHead', 'BicubicUpsample', 'SEG_HEAD_CONFIGS', 'seg_head_config']
+
+
+class BicubicUpsample(nn.Module):
+    """Upsampling by an integer ``factor`` as the reference's ``UpSampleLayer``: bicubic, align_corners=False,
+    ``scale_factor=factor``, autocast disabled and half-precision inputs upcast to fp32 (the output stays fp32,
+    as in the reference). ``factor == 1`` is the identity.
+
+    ``size`` (optional, per call) forces the output size. The head passes it only when ``factor`` would not
+    reproduce the finest feature's size (inputs whose size is not a multiple of 32); the reference crashes in
+    that case, so this is a deliberate, behaviour-preserving extension.
+    """
+
+    def __init__(self, factor: int, mode: str = 'bicubic', align_corners: bool = False):
+        super().__init__()
+        self.factor = int(factor)
+        self.mode = mode
+        self.align_corners = align_corners
+
+    def forward(self, x: torch.Tensor, size: Optional[Sequence[int]] = None) -> torch.Tensor:
+        natural = (x.shape[-2] * self.factor, x.shape[-1] * self.factor)
+        if self.factor == 1 and (size is None or tuple(size) == natural):
+            return x
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        if size is None or tuple(size) == natural:
+            kw = dict(scale_factor=self.factor)
+        else:
+            kw = dict(size=tuple(size))
+        if _autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return F.interpolate(x, mode=self.mode, align_corners=self.align_corners, **kw)
+        return F.interpolate(x, mode=self.mode, align_corners=self.align_corners, **kw)
+
+    def extra_repr(self) -> str:
+        return f'factor={self.factor}, mode={self.mode!r}, align_corners={self.align_corners}'
+
+
+def _stage_number(fid: str) -> int:
+    if not (fid.startswith('stage') and fid[5:].isdigit()):
+        raise ValueError(f'feature id {fid!r} is not of the form "stageK"')
+    return int(fid[5:])
+
+
+#: The reference's seg heads (``seg.py``), by ``'<model>_<dataset>'``. Every one reads stage4/3/2 (strides
+#: 32/16/8) at head stride 8, with dropout 0. ``norm_eps`` / ``act`` are those of the whole reference model.
+SEG_HEAD_CONFIGS: dict[str, dict[str, Any]] = {}
+
+
+def _register(name, in_channel_list, head_width, head_depth, expand_ratio, middle_op, final_expand, n_classes):
+    large = name.startswith('l')
+    SEG_HEAD_CONFIGS[name] = dict(
+        fid_list=('stage4', 'stage3', 'stage2'), in_channel_list=in_channel_list, stride_list=(32, 16, 8),
+        head_stride=8, head_width=head_width, head_depth=head_depth, expand_ratio=expand_ratio,
+        middle_op=middle_op, final_expand=final_expand, n_classes=n_classes, dropout=0.0,
+        act='gelu' if large else 'hswish', norm_eps=1e-7 if large else 1e-5)
+
+
+# name             in_channel_list   width depth expand middle     final_expand classes
+_register('b0_cityscapes', (128, 64, 32), 32, 1, 4, 'mbconv', 4, 19)
+_register('b1_cityscapes', (256, 128, 64), 64, 3, 4, 'mbconv', 4, 19)
+_register('b2_cityscapes', (384, 192, 96), 96, 3, 4, 'mbconv', 4, 19)
+_register('b3_cityscapes', (512, 256, 128), 128, 3, 4, 'mbconv', 4, 19)
+_register('l1_cityscapes', (512, 256, 128), 256, 3, 1, 'fmbconv', None, 19)
+_register('l2_cityscapes', (512, 256, 128), 256, 5, 1, 'fmbconv', None, 19)
+_register('b1_ade20k', (256, 128, 64), 64, 3, 4, 'mbconv', None, 150)
+_register('b2_ade20k', (384, 192, 96), 96, 3, 4, 'mbconv', None, 150)
+_register('b3_ade20k', (512, 256, 128), 128, 3, 4, 'mbconv', None, 150)
+_register('l1_ade20k', (512, 256, 128), 128, 3, 4, 'fmbconv', 8, 150)
+_register('l2_ade20k', (512, 256, 128), 128, 3, 4, 'fmbconv', 8, 150)
+
+
+def seg_head_config(name: str, **overrides) -> dict[str, Any]:
+    """A copy of ``SEG_HEAD_CONFIGS[name]`` (e.g. ``'b1_cityscapes'``, ``'l2_ade20k'``) with ``overrides``."""
+    key = name.lower().replace('-', '_').replace('efficientvit_seg_', '').replace('efficientvit_', '')
+    if key not in SEG_HEAD_CONFIGS:
+        raise ValueError(f'unknown seg head config {name!r}; known: {sorted(SEG_HEAD_CONFIGS)}')
+    cfg = dict(SEG_HEAD_CONFIGS[key])
+    cfg.update(overrides)
+    return cfg
+
+
+class EfficientViTSegHead(nn.Module):
+    """The EfficientViT segmentation decoder (reference ``SegHead``).
+
+    Args:
+        in_channel_list: channels of each input in ``fid_list`` order.
+        head_width: channels of the fused stride-``head_stride`` map.
+        head_depth: number of residual middle blocks.
+        expand_ratio: expand ratio of the middle blocks.
+        middle_op: ``'mbconv'`` (BN after all three convs) or ``'fmbconv'`` (BN after both convs).
+        final_expand: if set, a 1x1 conv + BN + act to ``head_width * final_expand`` channels before the
+            classifier.
+        n_classes: classifier outputs.
+        fid_list: the backbone stages used, reference names (default ``('stage4', 'stage3', 'stage2')``).
+        stride_list: their strides (default ``(32, 16, 8)``); each is upsampled by ``stride // head_stride``.
+        head_stride: output stride (default 8).
+        dropout: ``Dropout2d`` probability before the classifier (reference default 0).
+        act: activation name (``'hswish'`` for B, ``'gelu'`` for L).
+        norm_eps: BatchNorm eps (1e-5 for B, 1e-7 for L, as the reference).
+        backbone_out_indices: the stage numbers of the feature tuple ``forward`` receives, i.e. the backbone's
+            ``out_indices`` (default ``(1, 2, 3, 4)``). Unused for dict inputs.
+    """
+
+    def __init__(self, in_channel_list: Sequence[int], head_width: int, head_depth: int, expand_ratio: float,
+                 middle_op: str, final_expand: Optional[float], n_classes: int,
+                 fid_list: Sequence[str] = ('stage4', 'stage3', 'stage2'), stride_list: Sequence[int] = (32, 16, 8),
+                 head_stride: int = 8, dropout: float = 0.0, act: ActType = 'hswish', norm_eps: float = 1e-5,
+                 backbone_out_indices: Sequence[int] = (1, 2, 3, 4)):
+        super().__init__()
+        if not len(fid_list) == len(in_channel_list) == len(stride_list):
+            raise ValueError('fid_list, in_channel_list and stride_list must have the same length')
+        if any(s % head_stride for s in stride_list) or min(stride_list) < head_stride:
+            raise ValueError(f'every stride in {tuple(stride_list)} must be a multiple of head_stride={head_stride}')
+        self.fid_list = tuple(fid_list)
+        self.stride_list = tuple(stride_list)
+        self.head_stride = head_stride
+        self.n_classes = n_classes
+        self.set_backbone_out_indices(backbone_out_indices)
+
+        inputs = []
+        for cin, stride in zip(in_channel_list, stride_list):
+            conv = ConvNormAct(cin, head_width, 1, norm_eps=norm_eps)
+            factor = stride // head_stride
+            # the reference wraps conv + upsample in an OpSequential only when there is something to upsample
+            inputs.append(conv if factor == 1 else OpSequence([conv, BicubicUpsample(factor)]))
+        self.input_ops = nn.ModuleList(inputs)
+
+        if middle_op == 'mbconv':
+            def block():
+                return MBConv(head_width, head_width, 1, expand_ratio, act=act, norm_eps=norm_eps)
+        elif middle_op == 'fmbconv':
+            def block():
+                return FusedMBConv(head_width, head_width, 1, expand_ratio, act=act, norm_eps=norm_eps)
+        else:
+            raise ValueError(f"middle_op must be 'mbconv' or 'fmbconv', got {middle_op!r}")
+        self.middle = OpSequence([Residual(block()) for _ in range(head_depth)])
+
+        out_ops, width = [], head_width
+        if final_expand:
+            width = round(head_width * final_expand)
+            out_ops.append(ConvNormAct(head_width, width, 1, act=act, norm_eps=norm_eps))
+        out_ops.append(ConvNormAct(width, n_classes, 1, bias=True, norm=False, dropout=dropout))
+        self.output_ops = nn.ModuleList([OpSequence(out_ops)])
+
+    @classmethod
+    def from_config(cls, name: str, **overrides) -> 'EfficientViTSegHead':
+        """Build a reference head by name (see :data:`SEG_HEAD_CONFIGS`), e.g. ``from_config('b1_ade20k')``."""
+        return cls(**seg_head_config(name, **overrides))
+
+    def set_backbone_out_indices(self, out_indices: Sequence[int]):
+        """Declare which backbone stages the feature tuple holds (see class docstring)."""
+        out_indices = tuple(out_indices)
+        missing = [f for f in self.fid_list if _stage_number(f) not in out_indices]
+        if missing:
+            raise ValueError(f'the head reads {missing}, which backbone_out_indices={out_indices} does not provide')
+        self.backbone_out_indices = out_indices
+        self.in_index = tuple(out_indices.index(_stage_number(f)) for f in self.fid_list)
+
+    def _select(self, feats) -> list[torch.Tensor]:
+        if isinstance(feats, Mapping):
+            return [feats[f] for f in self.fid_list]
+        if isinstance(feats, torch.Tensor):
+            raise TypeError('EfficientViTSegHead takes a tuple/list or dict of backbone features, not a tensor')
+        if len(feats) != len(self.backbone_out_indices):
+            raise ValueError(f'got {len(feats)} features, expected {len(self.backbone_out_indices)} '
+                             f'(backbone_out_indices={self.backbone_out_indices})')
+        return [feats[i] for i in self.in_index]
+
+    def forward(self, feats: Union[Sequence[torch.Tensor], Mapping[str, torch.Tensor]]) -> torch.Tensor:
+        """Stride-``head_stride`` logits ``(B, n_classes, H / 8, W / 8)`` from the backbone features."""
+        xs = self._select(feats)
+        # the size every branch must reach: the finest input brought to head stride
+        finest = min(range(len(xs)), key=lambda i: self.stride_list[i])
+        f = self.stride_list[finest] // self.head_stride
+        target = (xs[finest].shape[-2] * f, xs[finest].shape[-1] * f)
+        out = None
+        for x, op in zip(xs, self.input_ops):
+            if isinstance(op, OpSequence):
+                conv, up = op.op_list
+                y = up(conv(x), size=target)
+            else:
+                y = op(x)
+            out = y if out is None else out + y
+        # The upsampled branches are fp32 for half inputs (as in the reference). Under autocast the next conv
+        # casts; without autocast, return to the weights' dtype so a plain bf16/fp16 model still runs.
+        w = self.output_ops[0].op_list[-1].conv.weight
+        if out.dtype != w.dtype and not _autocast_enabled(out.device.type):
+            out = out.to(w.dtype)
+        out = self.middle(out)
+        return self.output_ops[0](out)
+
+    @torch.no_grad()
+    def fuse(self) -> 'EfficientViTSegHead':
+        """Fold every BatchNorm into its conv (inference only; load weights first). Returns ``self``."""
+        for m in self.modules():
+            if isinstance(m, ConvNormAct):
+                m.fuse()
+        return self
+
+    def load_pretrained(self, src, prefix: Optional[str] = None, source: Optional[str] = None):
+        """Load the head strictly from an official/evit_mm seg checkpoint (path or dict): its ``head.*`` part, or
+        the keys under ``prefix`` if given. Raises :class:`~evit_mm.models.checkpoint.CheckpointMismatchError`
+        with the key diff on any mismatch (e.g. a checkpoint for another dataset/model)."""
+        name = source or (os.fspath(src) if isinstance(src, (str, os.PathLike)) else 'state dict')
+        sd = read_checkpoint(src)
+        if prefix is not None:
+            head = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            if not head:
+                raise KeyError(f'{name}: no key starts with {prefix!r}')
+        else:
+            _, head = split_mit_state_dict(sd)
+            if not head:
+                raise KeyError(f'{name} holds no head weights (no "head." keys)')
+            if any(k.startswith('op_list.') for k in head):
+                raise ValueError(f'{name} is a classification checkpoint: its head is a ClsHead, not a SegHead')
+        load_state_dict_strict(self, head, source=name)
+        return self
