@@ -4,6 +4,14 @@ import sys
 
 import pytest
 
+# The suite runs many small forwards. When the cores are shared (other jobs, parallel test workers), torch's
+# OpenMP threads oversubscribe them and small ops get up to ~100x slower: one thread per test process.
+# Set in the environment too, so that subprocesses (mim, tools) inherit it.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -13,7 +21,6 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason='needs a CUDA GPU')
