@@ -170,3 +170,19 @@ def test_test_tool_writes_visualizations(tmp_path, coins_coco):
     pngs = glob.glob(osp.join(work, '*', 'vis', '*.jpg')) + glob.glob(osp.join(work, '*', 'vis', '*.png'))
     with open(coins_coco['val_ann']) as f:
         assert len(pngs) == len(json.load(f)['images'])
+
+
+@pytest.mark.slow
+def test_dist_train_runs_ddp_with_torchrun(tmp_path, coins_coco):
+    """tools/dist_train.sh: torchrun + mmengine DDP (gloo on CPU processes here, NCCL on GPUs)."""
+    config = tiny_config(tmp_path, RETINANET[0], coins_coco)
+    work = str(tmp_path / 'ddp_work')
+    env = dict(os.environ, PYTHON=sys.executable, PORT='29517', OMP_NUM_THREADS='1')
+    proc = subprocess.run(['bash', osp.join(TOOLS, 'dist_train.sh'), config, '2', '--work-dir', work],
+                          capture_output=True, text=True, timeout=900, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert 'Distributed training: True' in out
+    # 4 training images, batch 2 per process, 2 processes: one iteration per epoch, not two
+    assert 'Epoch(train) [1][1/1]' in out and '[1][2/2]' not in out
+    assert osp.isfile(osp.join(work, 'epoch_1.pth'))

@@ -10,9 +10,7 @@ import importlib
 import os
 import os.path as osp
 
-import torch
-
-from evit_mm.compat import apply_all
+from evit_mm.compat import apply_all, prepare_cpu_distributed
 
 SCOPES = ('mmdet', 'mmseg', 'mmagic', 'mmengine')
 
@@ -37,9 +35,7 @@ def load_config(path: str, cfg_options: dict | None = None):
 
 def set_launcher(cfg, launcher: str) -> None:
     cfg.launcher = launcher
-    if launcher != 'none' and not torch.cuda.is_available():
-        # NCCL (the mm default) needs GPUs; gloo runs DDP on CPU processes.
-        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    prepare_cpu_distributed(cfg)  # without CUDA: gloo process group, DDP on CPU processes
 
 
 def default_work_dir(cfg, config_path: str, work_dir: str | None) -> None:

@@ -3,9 +3,10 @@
 Nothing in site-packages is edited: each fix hooks a public extension point of the library it fixes and is
 applied (idempotently) when an evit_mm adapter or tool is imported. See ``docs/compatibility.md``.
 """
+from .mmengine_dist import prepare_cpu_distributed
 from .mmengine_checkpoint import TRUST_ENV, load_local_checkpoint, mmengine_safe_globals, patch_mmengine_checkpoint
 
-__all__ = ['apply_all', 'patch_mmengine_checkpoint', 'load_local_checkpoint', 'mmengine_safe_globals', 'TRUST_ENV']
+__all__ = ['apply_all', 'prepare_cpu_distributed', 'patch_mmengine_checkpoint', 'load_local_checkpoint', 'mmengine_safe_globals', 'TRUST_ENV']
 
 
 def apply_all() -> None:
