@@ -38,12 +38,20 @@ def test_import_evit_mm_imports_no_mm_library():
     assert not loaded & set(MM_LIBS), loaded & set(MM_LIBS)
 
 
-@pytest.mark.parametrize('adapter,own,others', [
-    ('mmdet', {'mmdet', 'mmengine'}, {'mmseg', 'mmagic'}),
-    ('mmseg', {'mmseg', 'mmengine'}, {'mmdet', 'mmagic'}),
+@pytest.mark.parametrize('adapter,own,others,names', [
+    ('mmdet', {'mmdet', 'mmengine'}, {'mmseg', 'mmagic'},
+     ['EfficientViTM', 'EfficientViTB', 'EfficientViTL', 'EfficientViTFPN']),
+    ('mmseg', {'mmseg', 'mmengine'}, {'mmdet', 'mmagic'}, ['EfficientViTB', 'EfficientViTL', 'EfficientViTM']),
 ])
-def test_adapter_imports_only_its_library(adapter, own, others):
-    loaded = imported_after(f'import evit_mm.{adapter}')
+def test_adapter_registers_and_imports_only_its_library(adapter, own, others, names):
+    registered = f"""
+import evit_mm.{adapter}
+from {adapter}.registry import MODELS
+# module_dict, not MODELS.get(): get() imports the library's whole model zoo, and mmseg's imports mmdet
+missing = [n for n in {names!r} if n not in MODELS.module_dict]
+assert not missing, missing
+"""
+    loaded = imported_after(registered)
     assert own <= loaded
     assert not loaded & others, f'evit_mm.{adapter} imported {loaded & others}'
 
