@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import os.path as osp
 
@@ -28,8 +29,9 @@ def load_config(path: str, cfg_options: dict | None = None):
         raise SystemExit(f"{path}: default_scope '{scope}' is not one of {SCOPES}")
     # The adapter registers evit_mm's modules; configs import it through custom_imports already, this makes
     # configs that forgot it work as well.
-    if scope != 'mmengine':
-        importlib.import_module(f'evit_mm.{scope}')
+    adapter = f'evit_mm.{scope}'
+    if scope != 'mmengine' and importlib.util.find_spec(adapter) is not None:
+        importlib.import_module(adapter)
     return cfg
 
 
