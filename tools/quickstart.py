@@ -34,43 +34,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def draw_detections(runner, cfg, out_file, score_thr, num_images=4):
-    """Ground truth and detections of the first validation images, side by side, stacked into one PNG."""
-    import mmcv
-    import numpy as np
-    from mmdet.apis import inference_detector
-    from mmdet.visualization import DetLocalVisualizer
-
-    model = runner.model
-    model.cfg = cfg  # inference_detector builds its test pipeline from model.cfg
-    model.eval()
-    visualizer = DetLocalVisualizer(name='quickstart_vis')
-    visualizer.dataset_meta = dict(classes=cfg.metainfo['classes'], palette=cfg.metainfo['palette'])
-    dataset = runner.val_dataloader.dataset
-    rows = []
-    for idx in range(min(num_images, len(dataset))):
-        info = dataset.get_data_info(idx)
-        image = mmcv.imread(info['img_path'], channel_order='rgb')
-        result = inference_detector(model, info['img_path'])
-        result.gt_instances = _gt_instances(info)
-        visualizer.add_datasample(f'val_{idx}', image, result, draw_gt=True, draw_pred=True,
-                                  pred_score_thr=score_thr, show=False)
-        rows.append(visualizer.get_image())
-    width = max(r.shape[1] for r in rows)
-    canvas = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
-    mmcv.imwrite(canvas[..., ::-1], out_file)
-
-
-def _gt_instances(info):
-    import torch
-    from mmengine.structures import InstanceData
-    gt = InstanceData()
-    boxes = [inst['bbox'] for inst in info['instances'] if not inst.get('ignore_flag', 0)]
-    gt.bboxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    gt.labels = torch.zeros(len(boxes), dtype=torch.long)
-    return gt
-
-
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
@@ -78,6 +41,7 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     import evit_mm.mmdet  # noqa: F401  registers the models, applies the compatibility fixes
+    from evit_mm.mmdet.visualization import draw_predictions
     from evit_mm.sample_data import make_coins_coco
 
     print(f'[1/4] building coins-coco in {args.data_root}', flush=True)
@@ -111,7 +75,7 @@ def main(argv=None):
 
     print('[4/4] drawing detections', flush=True)
     png = osp.join(args.work_dir, 'detections.png')
-    draw_detections(runner, cfg, png, args.score_thr)
+    draw_predictions(runner.model, cfg, runner.val_dataloader.dataset, png, args.score_thr)
 
     results = {
         'bbox_mAP': metrics['coco/bbox_mAP'], 'bbox_mAP_50': metrics['coco/bbox_mAP_50'],

@@ -7,6 +7,7 @@ evit_mm's torch-2.14 compatibility fixes. It imports mmdet and mmengine only, ne
 Registered: ``EfficientViTM`` (M0-M5), ``EfficientViTB`` (B0-B3), ``EfficientViTL`` (L0-L3, XL0/XL1) backbones
 and the ``EfficientViTFPN`` neck. Each is the pure-PyTorch core class plus mmengine's ``init_cfg``;
 ``init_cfg=dict(type='Pretrained', checkpoint=...)`` converts official checkpoints and loads strictly.
+Also ``BoxPromptedSAM``: any mmdet detector whose boxes prompt EfficientViT-SAM (instance masks, zero-shot).
 """
 from mmdet.registry import MODELS
 
@@ -18,4 +19,6 @@ EfficientViTB = MODELS.register_module(module=mm_module(efficientvit_mit.Efficie
 EfficientViTL = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTL))
 EfficientViTFPN = MODELS.register_module(module=mm_module(efficientvit_msra_fpn.EfficientViTFPN))
 
-__all__ = ['EfficientViTM', 'EfficientViTB', 'EfficientViTL', 'EfficientViTFPN']
+from .box_prompted_sam import BoxPromptedSAM  # noqa: E402  (registers itself)
+
+__all__ = ['EfficientViTM', 'EfficientViTB', 'EfficientViTL', 'EfficientViTFPN', 'BoxPromptedSAM']
