@@ -1,0 +1,381 @@
+"""``EfficientViTSamPredictor``: ``segment_anything.SamPredictor`` for EfficientViT-SAM, plus image batches.
+
+It is a ``SamPredictor`` subclass with the same methods and return values (``set_image``, ``set_torch_image``,
+``predict``, ``predict_torch``, ``get_image_embedding``, ``reset_image``, ``transform``, ``device``), so code
+written for SAM (its automatic mask generator included) runs unchanged. What differs:
+
+* images are resized to the **encoder** size (``model.image_encoder.img_size``: 512 for L0-L2, 1024 for XL) while
+  prompts are mapped to the **1024 prompt frame** (``self.transform`` is ``ResizeLongestSide(1024)``), as the
+  reference predictor does; ``input_size`` is the image's size in the prompt frame;
+* several images at once: :meth:`set_image_batch` (one encoder forward for all), then :meth:`predict_batch`, or
+  ``predict(..., image_index=i)`` / ``predict_torch(..., image_index=i)``;
+* ``predict`` also takes ``B`` prompt sets at once (``box`` ``(B, 4)``, ``point_coords`` ``(B, N, 2)``, ...) and
+  then returns ``(B, C, H, W)`` masks (SAM 2's convention);
+* inputs are checked and give ``ValueError``/``RuntimeError`` with a message instead of an assertion or a
+  failure deep inside torch (see :meth:`predict_torch` for the rules: NaN coordinates, label values, shapes,
+  empty prompt arrays, boxes outside the image, no prompt at all); images may be grayscale, RGBA, 16-bit or
+  float (see :func:`~evit_mm.sam.transforms.as_rgb_uint8`).
+
+The predictor also works with a plain ``segment_anything`` ``Sam`` (whose two frames are both 1024).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from segment_anything import SamPredictor
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from .transforms import as_rgb_uint8, get_preprocess_shape, resize_longest_side
+
+__all__ = ['EfficientViTSamPredictor', 'VALID_POINT_LABELS']
+
+#: SAM's point labels: -1 padding (ignored), 0 background, 1 foreground, 2/3 box corners.
+VALID_POINT_LABELS = (-1, 0, 1, 2, 3)
+
+ArrayLike = Union[np.ndarray, Sequence]
+
+
+def _np(x, what: str, dtype=np.float64) -> Optional[np.ndarray]:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        return np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'{what} must be a numeric array, got {type(x).__name__}: {e}') from None
+
+
+class EfficientViTSamPredictor(SamPredictor):
+    """Predict masks from prompts on one or several images with an EfficientViT-SAM (or SAM) model.
+
+    Args:
+        sam_model: an :class:`~evit_mm.models.sam.EfficientViTSam` (or a ``segment_anything`` ``Sam``).
+    """
+
+    def __init__(self, sam_model) -> None:
+        self.model = sam_model
+        self.prompt_size = int(sam_model.prompt_encoder.input_image_size[0])
+        self.encoder_size = int(sam_model.image_encoder.img_size)
+        #: maps prompts to the prompt frame (what SAM's automatic mask generator calls)
+        self.transform = ResizeLongestSide(self.prompt_size)
+        #: resizes images for the encoder
+        self.image_transform = ResizeLongestSide(self.encoder_size)
+        self.reset_image()
+
+    # ------------------------------------------------------------------------------------------------------
+    # images
+    # ------------------------------------------------------------------------------------------------------
+    def reset_image(self) -> None:
+        super().reset_image()
+        self.original_sizes: List[Tuple[int, int]] = []
+        self.input_sizes: List[Tuple[int, int]] = []
+
+    @property
+    def num_images(self) -> int:
+        """How many images are set (0, 1, or the length of the last :meth:`set_image_batch`)."""
+        return len(self.original_sizes)
+
+    def _resized_tensor(self, image, image_format: str) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        rgb = as_rgb_uint8(image, image_format)
+        if self.model.image_format == 'BGR':  # pragma: no cover - SAM models are RGB
+            rgb = np.ascontiguousarray(rgb[..., ::-1])
+        resized = resize_longest_side(rgb, self.encoder_size)
+        t = torch.as_tensor(np.ascontiguousarray(resized), device=self.device).permute(2, 0, 1).contiguous()
+        return t, (int(rgb.shape[0]), int(rgb.shape[1]))
+
+    def set_image(self, image, image_format: str = 'RGB') -> None:
+        """Compute the embedding of one image: HWC uint8 RGB as in SAM (also grayscale, RGBA, 16-bit, float;
+        ``image_format='BGR'`` for OpenCV images)."""
+        t, size = self._resized_tensor(image, image_format)
+        self.set_torch_image(t[None], size)
+
+    def set_image_batch(self, images: Sequence, image_format: str = 'RGB') -> None:
+        """Compute the embeddings of several images (any sizes) in one encoder forward. Then use
+        :meth:`predict_batch`, or ``predict(..., image_index=i)``."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        if isinstance(images, (np.ndarray, torch.Tensor)) or not len(images):
+            raise ValueError('set_image_batch takes a non-empty list of images (or a (B, H, W, C) array); '
+                             'for one image use set_image')
+        pairs = [self._resized_tensor(im, image_format) for im in images]
+        self.set_torch_image_batch([p[0] for p in pairs], [p[1] for p in pairs])
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: Tuple[int, ...]) -> None:
+        """As ``SamPredictor.set_torch_image``: ``transformed_image`` is ``(1, 3, h, w)`` (0-255, RGB), resized with
+        ``self.image_transform`` (longest side = the encoder size), not normalised or padded."""
+        if not isinstance(transformed_image, torch.Tensor):
+            raise ValueError(f'set_torch_image takes a torch tensor, got {type(transformed_image).__name__}')
+        if transformed_image.dim() == 3:
+            transformed_image = transformed_image[None]
+        if transformed_image.dim() != 4 or transformed_image.shape[0] != 1:
+            raise ValueError(f'set_torch_image takes one image, (1, 3, H, W); got {tuple(transformed_image.shape)} '
+                             '(use set_torch_image_batch for several)')
+        self.set_torch_image_batch([transformed_image[0]], [original_image_size])
+
+    @torch.no_grad()
+    def set_torch_image_batch(self, transformed_images: Union[Sequence[torch.Tensor], torch.Tensor],
+                              original_image_sizes: Sequence[Tuple[int, ...]]) -> None:
+        """Like :meth:`set_torch_image` for several images: a list of ``(3, h_i, w_i)`` tensors (or a
+        ``(B, 3, h, w)`` tensor when they share a size), each resized to longest side ``encoder_size``, and their
+        original ``(H, W)`` sizes."""
+        if isinstance(transformed_images, torch.Tensor):
+            if transformed_images.dim() != 4:
+                raise ValueError('set_torch_image_batch takes (B, 3, H, W) or a list of (3, H, W) tensors, got '
+                                 f'{tuple(transformed_images.shape)}')
+            transformed_images = list(transformed_images)
+        if len(transformed_images) != len(original_image_sizes) or not len(transformed_images):
+            raise ValueError(f'{len(transformed_images)} images but {len(original_image_sizes)} original sizes')
+        s = self.encoder_size
+        sizes, inputs = [], []
+        for i, (im, size) in enumerate(zip(transformed_images, original_image_sizes)):
+            if im.dim() != 3 or im.shape[0] != 3:
+                raise ValueError(f'image {i}: expected (3, H, W), got {tuple(im.shape)}')
+            if max(im.shape[1:]) != s:
+                raise ValueError(f'image {i} is {tuple(im.shape[1:])}: its longest side must be the encoder size {s} '
+                                 f'(resize with predictor.image_transform.apply_image)')
+            size = (int(size[0]), int(size[1]))
+            expected = get_preprocess_shape(*size, s)
+            if tuple(im.shape[1:]) != expected:
+                raise ValueError(f'image {i} is {tuple(im.shape[1:])}, but an image of original size {size} resizes '
+                                 f'to {expected} at longest side {s}: wrong original_image_size?')
+            sizes.append(size)
+            inputs.append(self.model.preprocess(im.to(self.device)))
+        self.reset_image()
+        features = self.model.image_encoder(torch.stack(inputs))
+        self.features = features
+        self.original_sizes = sizes
+        self.input_sizes = [get_preprocess_shape(*size, self.prompt_size) for size in sizes]
+        self.original_size, self.input_size = self.original_sizes[0], self.input_sizes[0]
+        self.orig_h, self.orig_w = self.original_size
+        self.input_h, self.input_w = self.input_size
+        self.is_image_set = True
+
+    def _image_index(self, image_index: Optional[int]) -> int:
+        if not self.is_image_set:
+            raise RuntimeError('An image must be set with .set_image(...) before mask prediction.')
+        n = self.num_images
+        if image_index is None:
+            if n > 1:
+                raise ValueError(f'{n} images are set (set_image_batch): pass image_index, or use predict_batch')
+            return 0
+        if not isinstance(image_index, (int, np.integer)) or not -n <= int(image_index) < n:
+            raise IndexError(f'image_index {image_index!r} out of range for {n} image(s)')
+        return int(image_index) % n
+
+    # ------------------------------------------------------------------------------------------------------
+    # prompts
+    # ------------------------------------------------------------------------------------------------------
+    def predict(self, point_coords: Optional[ArrayLike] = None, point_labels: Optional[ArrayLike] = None,
+                box: Optional[ArrayLike] = None, mask_input: Optional[ArrayLike] = None,
+                multimask_output: bool = True, return_logits: bool = False,
+                image_index: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``SamPredictor.predict``: prompts in original-image pixels, numpy in and out.
+
+        Args:
+            point_coords: ``(N, 2)`` (x, y) points, or ``(B, N, 2)`` for ``B`` prompt sets.
+            point_labels: ``(N,)`` / ``(B, N)``: 1 foreground, 0 background (also -1 padding, 2/3 box corners).
+            box: ``(4,)`` XYXY box, or ``(B, 4)`` boxes (one prompt set each).
+            mask_input: ``(1, 256, 256)`` (or ``(256, 256)``) low-res logits of a previous prediction, or
+                ``(B, 1, 256, 256)``.
+            multimask_output, return_logits: as SAM.
+            image_index: which image of a :meth:`set_image_batch` batch.
+
+        Returns ``(masks, iou_predictions, low_res_logits)``: ``(C, H, W)``, ``(C,)``, ``(C, 256, 256)`` for one
+        prompt set, or with a leading ``B`` when several were given (a ``(B, 4)`` box array with ``B > 1``,
+        ``(B, N, 2)`` points or ``(B, 1, 256, 256)`` masks). Empty arrays (``N = 0`` points, ``(0, 4)`` boxes)
+        count as not given.
+        """
+        idx = self._image_index(image_index)
+        orig = self.original_sizes[idx]
+        coords = _np(point_coords, 'point_coords')
+        labels = _np(point_labels, 'point_labels')
+        boxes = _np(box, 'box')
+        masks_in = _np(mask_input, 'mask_input', np.float32)
+        batched = False
+
+        if coords is not None and coords.size == 0:
+            if labels is not None and labels.size:
+                raise ValueError(f'point_coords is empty but point_labels has {labels.size} entries')
+            coords = labels = None
+        elif labels is not None and labels.size == 0 and coords is None:
+            labels = None
+        if coords is not None:
+            if labels is None:
+                raise ValueError('point_labels must be supplied if point_coords is supplied.')
+            if coords.ndim == 2:
+                coords = coords[None]
+            elif coords.ndim == 3:
+                batched = True
+            if coords.ndim != 3 or coords.shape[-1] != 2:
+                raise ValueError(f'point_coords must be (N, 2) or (B, N, 2), got {np.shape(point_coords)}')
+            if labels.ndim == 1:
+                labels = labels[None]
+            if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+                raise ValueError('point_labels must be integers')
+            if labels.shape != coords.shape[:2]:
+                raise ValueError(f'point_labels {np.shape(point_labels)} does not match point_coords '
+                                 f'{np.shape(point_coords)}: one label per point')
+            coords = self.transform.apply_coords(coords, orig)
+        elif labels is not None:
+            raise ValueError('point_labels given without point_coords')
+
+        if boxes is not None and boxes.size == 0:
+            boxes = None
+        if boxes is not None:
+            if boxes.ndim == 1:
+                boxes = boxes[None]
+            if boxes.ndim != 2 or boxes.shape[-1] != 4:
+                raise ValueError(f'box must be (4,) or (B, 4) XYXY, got {np.shape(box)}')
+            batched = batched or boxes.shape[0] > 1
+            boxes = self.transform.apply_boxes(boxes, orig)
+
+        if masks_in is not None:
+            if masks_in.ndim == 2:
+                masks_in = masks_in[None]
+            if masks_in.ndim == 3:
+                masks_in = masks_in[None]
+            elif masks_in.ndim == 4:
+                batched = True
+
+        device = self.device
+        to = (lambda a, dt=torch.float32: None if a is None else torch.as_tensor(a, dtype=dt, device=device))
+        masks, iou, low_res = self.predict_torch(
+            to(coords), to(labels, torch.int), to(boxes), to(masks_in), multimask_output,
+            return_logits=return_logits, image_index=idx)
+        masks, iou, low_res = (t.detach().cpu().numpy() for t in (masks, iou, low_res))
+        if batched:
+            return masks, iou, low_res
+        return masks[0], iou[0], low_res[0]
+
+    @torch.no_grad()
+    def predict_torch(self, point_coords: Optional[torch.Tensor] = None, point_labels: Optional[torch.Tensor] = None,
+                      boxes: Optional[torch.Tensor] = None, mask_input: Optional[torch.Tensor] = None,
+                      multimask_output: bool = True, return_logits: bool = False,
+                      image_index: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``SamPredictor.predict_torch``: batched prompts already in the 1024 prompt frame
+        (``predictor.transform.apply_coords_torch(coords, predictor.original_size)``, ``apply_boxes_torch``).
+
+        Args:
+            point_coords ``(B, N, 2)``, point_labels ``(B, N)``, boxes ``(B, 4)`` (``(B, 1, 4)`` accepted),
+            mask_input ``(B, 1, 256, 256)``, multimask_output, return_logits: as SAM; image_index: which image of
+            a batch.
+
+        Returns ``masks (B, C, H, W)``, ``iou_predictions (B, C)``, ``low_res_logits (B, C, 256, 256)``.
+
+        Checks (``ValueError``): shapes and matching ``B``; labels with points and vice versa; finite
+        coordinates; labels in ``(-1, 0, 1, 2, 3)``; at least one prompt (points with ``N = 0`` count as none).
+        Boxes: ``x0 <= x1`` and ``y0 <= y1``; a box must overlap the image, and is clipped to it (the reference
+        does not clip; this only changes boxes that stick out). Points outside the image are passed on as they
+        are (SAM accepts them).
+        """
+        idx = self._image_index(image_index)
+        in_h, in_w = self.input_sizes[idx]
+        device = self.device
+        bs = set()
+
+        if point_coords is not None and point_coords.numel() == 0 and point_coords.dim() == 3:
+            point_coords = None
+            point_labels = None if point_labels is None or point_labels.numel() == 0 else point_labels
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError('point_labels must be supplied if point_coords is supplied.')
+            if point_coords.dim() != 3 or point_coords.shape[-1] != 2:
+                raise ValueError(f'point_coords must be (B, N, 2), got {tuple(point_coords.shape)}')
+            if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
+                raise ValueError(f'point_labels {tuple(point_labels.shape)} does not match point_coords '
+                                 f'{tuple(point_coords.shape)}: expected (B, N)')
+            point_coords = point_coords.to(device=device, dtype=torch.float32)
+            if not torch.isfinite(point_coords).all():
+                raise ValueError('point_coords contains NaN or infinite values')
+            labels_f = point_labels.to(torch.float64)
+            if not (torch.isfinite(labels_f).all() and (labels_f == labels_f.round()).all()):
+                raise ValueError('point_labels must be integers')
+            point_labels = point_labels.to(device=device, dtype=torch.int)
+            bad = ~torch.isin(point_labels, torch.tensor(VALID_POINT_LABELS, device=device, dtype=torch.int))
+            if bad.any():
+                raise ValueError(f'point_labels must be in {VALID_POINT_LABELS} (1 foreground, 0 background), got '
+                                 f'{sorted(set(point_labels[bad].tolist()))}')
+            bs.add(point_coords.shape[0])
+        elif point_labels is not None:
+            raise ValueError('point_labels given without point_coords')
+
+        if boxes is not None and boxes.numel() == 0:
+            boxes = None
+        if boxes is not None:
+            if boxes.dim() == 3 and boxes.shape[1] == 1:
+                boxes = boxes[:, 0]
+            if boxes.dim() != 2 or boxes.shape[-1] != 4:
+                raise ValueError(f'boxes must be (B, 4) XYXY, got {tuple(boxes.shape)}')
+            boxes = boxes.to(device=device, dtype=torch.float32)
+            if not torch.isfinite(boxes).all():
+                raise ValueError('boxes contain NaN or infinite values')
+            x0, y0, x1, y1 = boxes.unbind(-1)
+            if ((x1 < x0) | (y1 < y0)).any():
+                raise ValueError(f'boxes must be XYXY with x0 <= x1 and y0 <= y1, got {boxes[(x1 < x0) | (y1 < y0)]}')
+            outside = (x1 < 0) | (y1 < 0) | (x0 > in_w) | (y0 > in_h)
+            if outside.any():
+                raise ValueError(f'{int(outside.sum())} box(es) lie entirely outside the image')
+            boxes = torch.stack([x0.clamp(0, in_w), y0.clamp(0, in_h), x1.clamp(0, in_w), y1.clamp(0, in_h)], -1)
+            bs.add(boxes.shape[0])
+
+        if mask_input is not None:
+            mh, mw = self.model.prompt_encoder.mask_input_size
+            if mask_input.dim() != 4 or tuple(mask_input.shape[1:]) != (1, mh, mw):
+                raise ValueError(f'mask_input must be (B, 1, {mh}, {mw}) low-res logits, got {tuple(mask_input.shape)}')
+            mask_input = mask_input.to(device=device, dtype=torch.float32)
+            if not torch.isfinite(mask_input).all():
+                raise ValueError('mask_input contains NaN or infinite values')
+            bs.add(mask_input.shape[0])
+
+        if not bs:
+            raise ValueError('no prompt given: pass point_coords + point_labels, a box and/or mask_input')
+        if len(bs) > 1:
+            raise ValueError(f'the prompts disagree on the batch size B: {sorted(bs)}')
+
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=self.features[idx:idx + 1], image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output)
+        masks = self.model.postprocess_masks(low_res, self.input_sizes[idx], self.original_sizes[idx])
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    def predict_batch(self, point_coords_batch: Optional[Sequence] = None,
+                      point_labels_batch: Optional[Sequence] = None,
+                      box_batch: Optional[Sequence] = None, mask_input_batch: Optional[Sequence] = None,
+                      multimask_output: bool = True, return_logits: bool = False
+                      ) -> Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]:
+        """:meth:`predict` for every image of :meth:`set_image_batch`: each argument is ``None`` or a list with one
+        entry (``None`` or what :meth:`predict` takes) per image. Returns three lists (masks, ious, low-res)."""
+        if not self.is_image_set:
+            raise RuntimeError('Images must be set with .set_image_batch(...) before mask prediction.')
+        n = self.num_images
+        args = {'point_coords_batch': point_coords_batch, 'point_labels_batch': point_labels_batch,
+                'box_batch': box_batch, 'mask_input_batch': mask_input_batch}
+        for name, value in args.items():
+            if value is not None and len(value) != n:
+                raise ValueError(f'{name} has {len(value)} entries for {n} images')
+        pick = (lambda seq, i: None if seq is None else seq[i])
+        out = ([], [], [])
+        for i in range(n):
+            res = self.predict(pick(point_coords_batch, i), pick(point_labels_batch, i), pick(box_batch, i),
+                               pick(mask_input_batch, i), multimask_output, return_logits, image_index=i)
+            for acc, r in zip(out, res):
+                acc.append(r)
+        return out
+
+    def get_image_embedding(self, image_index: Optional[int] = None) -> torch.Tensor:
+        """The image embedding(s): ``(1, 256, 64, 64)`` for one image; all of a batch ``(B, 256, 64, 64)`` unless
+        ``image_index`` is given."""
+        if not self.is_image_set:
+            raise RuntimeError('An image must be set with .set_image(...) to generate an embedding.')
+        if image_index is None:
+            return self.features
+        i = self._image_index(image_index)
+        return self.features[i:i + 1]

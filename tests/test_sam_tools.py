@@ -1,0 +1,81 @@
+"""tools/sam_demo.py and tools/sam_export_onnx.py, run in-process on scikit-image photographs."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+PIL = pytest.importorskip('PIL.Image')
+pytest.importorskip('skimage.data')
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools', f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_demo_writes_overlay_png(tmp_path, capsys):
+    demo = load_tool('sam_demo')
+    out = tmp_path / 'overlay.png'
+    assert demo.main(['skimage:coffee', '--box', '150', '40', '450', '360', '--with-point', '300', '200',
+                      '--out', str(out)]) == 0
+    img = np.asarray(PIL.open(out))
+    assert img.shape == (400, 600, 3)
+    import skimage.data
+    assert np.abs(img.astype(int) - skimage.data.coffee()).max() > 0  # something was drawn
+    assert 'predicted IoU' in capsys.readouterr().out
+
+
+def test_demo_from_a_16bit_grayscale_file(tmp_path):
+    import skimage.data
+    src = tmp_path / 'camera16.png'
+    PIL.fromarray(skimage.data.camera()[::4, ::4].astype(np.uint16) * 257).save(src)
+    out = tmp_path / 'o.png'
+    demo = load_tool('sam_demo')
+    assert demo.main([str(src), '--point', '60', '40', '--neg-point', '10', '10', '--all-masks',
+                      '--out', str(out)]) == 0
+    assert np.asarray(PIL.open(out)).shape == (128, 128, 3)
+
+
+def test_demo_errors(tmp_path):
+    demo = load_tool('sam_demo')
+    with pytest.raises(SystemExit, match='image not found'):
+        demo.main(['nope.png', '--point', '1', '1', '--out', str(tmp_path / 'x.png')])
+    with pytest.raises(SystemExit, match='outside the image'):
+        demo.main(['skimage:coins', '--box', '900', '900', '950', '950', '--out', str(tmp_path / 'x.png')])
+    with pytest.raises(SystemExit, match='unknown EfficientViT-SAM variant'):
+        demo.main(['skimage:coins', '--point', '1', '1', '--model', 'b9', '--out', str(tmp_path / 'x.png')])
+
+
+@pytest.mark.slow
+def test_export_tool_checks_in_onnxruntime(tmp_path, capsys):
+    pytest.importorskip('onnxruntime')
+    tool = load_tool('sam_export_onnx')
+    assert tool.main(['--model', 'l0', '--image-size', '256', '--out-dir', str(tmp_path)]) == 0
+    assert tool.main(['--model', 'l0', '--image-size', '256', '--out-dir', str(tmp_path / 's'),
+                      '--return-single-mask']) == 0
+    out = capsys.readouterr().out
+    assert out.count('onnxruntime vs PyTorch') == 6
+    assert (tmp_path / 'efficientvit_sam_l0_encoder.onnx').is_file()
+    assert (tmp_path / 'efficientvit_sam_l0_decoder.onnx').is_file()
+
+
+def test_benchmark_tool_smoke(tmp_path, capsys):
+    bench = load_tool('sam_benchmark')
+    out = tmp_path / 'b.json'
+    assert bench.main(['--models', 'l0', 'vit_b', '--image-size', '128', '--warmup', '0', '--duration', '0',
+                       '--repeats', '1', '--threads', '1', '--json', str(out)]) == 0
+    table = capsys.readouterr().out
+    assert '| l0 | 128 |' in table and '| vit_b | 128 |' in table and 'x vit_b' in table
+    import json
+    res = json.loads(out.read_text())['results']
+    assert [r['model'] for r in res] == ['l0', 'vit_b'] and all(r['img_per_s'] > 0 for r in res)
+    assert res[1]['speedup'] == 1.0
+    with pytest.raises(SystemExit, match='unknown model'):
+        bench.main(['--models', 'vit_x'])
