@@ -1,8 +1,16 @@
 """evit_mm: the EfficientViT families for the OpenMMLab 2.x stack and segment-anything.
 
-Importing this package imports no mm library; the per-library adapters are ``evit_mm.mmdet``,
-``evit_mm.mmseg`` and ``evit_mm.mmagic``.
+Importing this package imports no mm library (nor torch); the per-library adapters are ``evit_mm.mmdet`` and
+``evit_mm.mmseg``, the pure-PyTorch models are in ``evit_mm.models``, EfficientViT-SAM in ``evit_mm.sam``.
 """
 from .version import __version__
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'build_efficientvit_sam']
+
+
+def __getattr__(name):
+    # Loaded on first use, so that `import evit_mm` stays cheap.
+    if name == 'build_efficientvit_sam':
+        from .models.sam import build_efficientvit_sam
+        return build_efficientvit_sam
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
