@@ -289,6 +289,8 @@ def _autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 has no per-device query
         return torch.is_autocast_enabled() if device_type == 'cuda' else torch.is_autocast_cpu_enabled()
+    except RuntimeError:  # a device type autocast does not know (e.g. 'meta', used to count FLOPs)
+        return False
 
 
 class LiteMLA(nn.Module):
