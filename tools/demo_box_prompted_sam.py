@@ -29,7 +29,7 @@ def parse_args(argv=None):
                         help='weights of the config\'s detector (e.g. work_dirs/quickstart/epoch_24.pth)')
     parser.add_argument('--sam-checkpoint', help='an official EfficientViT-SAM checkpoint (default: random weights)')
     parser.add_argument('--data-root', default=osp.join(ROOT, 'data', 'coins_coco'),
-                        help='coins-coco (built if missing, as tools/quickstart.py does)')
+                        help='a coins-coco dataset (used as it is; built with the defaults if missing)')
     parser.add_argument('--out-dir', default=osp.join(ROOT, 'work_dirs', 'box_prompted_sam'))
     parser.add_argument('--num-images', type=int, default=4, help='how many images to draw')
     parser.add_argument('--score-thr', type=float, default=0.3, help='score threshold of the drawn detections')
@@ -47,9 +47,11 @@ def main(argv=None):
 
     import evit_mm.mmdet  # noqa: F401  registers BoxPromptedSAM, applies the compatibility fixes
     from evit_mm.mmdet.visualization import draw_predictions
-    from evit_mm.sample_data import make_coins_coco
+    from evit_mm.sample_data.coins import coins_coco_paths, make_coins_coco
 
-    paths = make_coins_coco(args.data_root)
+    paths = coins_coco_paths(args.data_root)
+    if not osp.isfile(paths['val_ann']):
+        paths = make_coins_coco(args.data_root)
     cfg = Config.fromfile(args.config)
     data_root = osp.join(paths['root'], '')
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ['COIN_CATEGORY', 'segment_coins', 'make_coins_coco']
+__all__ = ['COIN_CATEGORY', 'segment_coins', 'make_coins_coco', 'coins_coco_paths']
 
 COIN_CATEGORY = {'id': 1, 'name': 'coin', 'supercategory': 'object'}
 
@@ -164,6 +164,15 @@ def _write_split(root, split, num_images, backgrounds, coins, rng, size, max_coi
     return ann_file
 
 
+def coins_coco_paths(root: str) -> dict:
+    """The files of a coins-coco dataset at ``root`` (whether or not they exist yet)."""
+    paths = {'root': root,
+             'train_ann': osp.join(root, 'annotations', 'instances_train2017.json'),
+             'val_ann': osp.join(root, 'annotations', 'instances_val2017.json'),
+             'train_img': osp.join(root, 'train2017'), 'val_img': osp.join(root, 'val2017')}
+    return paths
+
+
 def make_coins_coco(root: str, num_train: int = 48, num_val: int = 12, image_size: int = 320, seed: int = 0,
                     max_coins: int = 6, overwrite: bool = False) -> dict:
     """Build coins-coco under ``root`` (see the module docstring). Deterministic for a given seed.
@@ -176,10 +185,7 @@ def make_coins_coco(root: str, num_train: int = 48, num_val: int = 12, image_siz
     if image_size < 64:
         raise ValueError(f'image_size must be >= 64, got {image_size}')
     params = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed, max_coins=max_coins)
-    paths = {'root': root,
-             'train_ann': osp.join(root, 'annotations', 'instances_train2017.json'),
-             'val_ann': osp.join(root, 'annotations', 'instances_val2017.json'),
-             'train_img': osp.join(root, 'train2017'), 'val_img': osp.join(root, 'val2017')}
+    paths = coins_coco_paths(root)
     stamp = osp.join(root, 'coins_coco.json')
     if not overwrite and osp.isfile(stamp):
         with open(stamp) as f:
