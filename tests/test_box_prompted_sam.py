@@ -123,3 +123,30 @@ def test_demo_tool_end_to_end(tmp_path, coins_coco):
     assert json.loads((out / 'results.json').read_text())['detector_checkpoint'] == str(checkpoint)
     with pytest.raises(SystemExit, match='not found'):
         demo.main(['--detector-checkpoint', str(tmp_path / 'missing.pth')])
+
+
+def test_sam_encoder_as_an_mm_backbone(tmp_path):
+    """EfficientViTSamEncoder: the image encoder of an official checkpoint, loaded strictly through init_cfg."""
+    from mmdet.registry import MODELS
+
+    import evit_mm.mmdet  # noqa: F401
+    from evit_mm.models.checkpoint import CheckpointMismatchError
+    from evit_mm.models.sam import build_efficientvit_sam
+    sam = build_efficientvit_sam('l0')
+    for p in sam.image_encoder.parameters():  # make the weights recognisable
+        p.data.normal_(0, 0.02)
+    path = tmp_path / 'efficientvit_sam_l0.pt'
+    torch.save({'state_dict': sam.state_dict()}, path)
+    backbone = MODELS.build(dict(type='EfficientViTSamEncoder', variant='l0',
+                                 init_cfg=dict(type='Pretrained', checkpoint=str(path))))
+    backbone.init_weights()
+    backbone.eval()
+    x = torch.randn(1, 3, 512, 512)
+    with torch.no_grad():
+        (embedding, ) = backbone(x)
+        assert torch.equal(embedding, sam.image_encoder(x))
+    with pytest.raises(ValueError, match='512x512'):
+        backbone(torch.randn(1, 3, 256, 256))
+    broken = {k: v for k, v in sam.state_dict().items() if 'neck' not in k}
+    with pytest.raises(CheckpointMismatchError, match='neck'):
+        backbone.load_pretrained(broken)

@@ -7,18 +7,21 @@ evit_mm's torch-2.14 compatibility fixes. It imports mmdet and mmengine only, ne
 Registered: ``EfficientViTM`` (M0-M5), ``EfficientViTB`` (B0-B3), ``EfficientViTL`` (L0-L3, XL0/XL1) backbones
 and the ``EfficientViTFPN`` neck. Each is the pure-PyTorch core class plus mmengine's ``init_cfg``;
 ``init_cfg=dict(type='Pretrained', checkpoint=...)`` converts official checkpoints and loads strictly.
-Also ``BoxPromptedSAM``: any mmdet detector whose boxes prompt EfficientViT-SAM (instance masks, zero-shot).
+Also ``EfficientViTSamEncoder`` (EfficientViT-SAM's image encoder as a backbone) and ``BoxPromptedSAM``: any mmdet detector whose boxes prompt EfficientViT-SAM (instance masks, zero-shot).
 """
 from mmdet.registry import MODELS
 
 from ..mm_common import mm_module
-from ..models import efficientvit_mit, efficientvit_msra, efficientvit_msra_fpn
+from ..models import efficientvit_mit, efficientvit_msra, efficientvit_msra_fpn, sam
 
 EfficientViTM = MODELS.register_module(module=mm_module(efficientvit_msra.EfficientViTM))
 EfficientViTB = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTB))
 EfficientViTL = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTL))
 EfficientViTFPN = MODELS.register_module(module=mm_module(efficientvit_msra_fpn.EfficientViTFPN))
+EfficientViTSamEncoder = MODELS.register_module(
+    name='EfficientViTSamEncoder', module=mm_module(sam.EfficientViTSamBackbone, name='EfficientViTSamEncoder'))
 
 from .box_prompted_sam import BoxPromptedSAM  # noqa: E402  (registers itself)
 
-__all__ = ['EfficientViTM', 'EfficientViTB', 'EfficientViTL', 'EfficientViTFPN', 'BoxPromptedSAM']
+__all__ = ['EfficientViTM', 'EfficientViTB', 'EfficientViTL', 'EfficientViTFPN', 'EfficientViTSamEncoder',
+           'BoxPromptedSAM']

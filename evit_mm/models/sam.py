@@ -53,7 +53,8 @@ from .efficientvit_mit import (ActType, ConvNormAct, EfficientViTL, FusedMBConv,
 __all__ = [
     'SAM_VARIANTS', 'SAM_PIXEL_MEAN', 'SAM_PIXEL_STD', 'SAM_NORM_EPS',
     'ResizeTo', 'SamNeck', 'EfficientViTSamImageEncoder', 'EfficientViTSam',
-    'build_efficientvit_sam', 'efficientvit_sam_model_registry',
+    'build_efficientvit_sam', 'build_efficientvit_sam_image_encoder', 'EfficientViTSamBackbone',
+    'efficientvit_sam_model_registry',
     'load_efficientvit_sam_checkpoint', 'load_sam_prompt_decoder', 'detect_sam_checkpoint_format',
     'set_norm_eps', 'normalize_variant',
 ]
@@ -392,6 +393,57 @@ def load_sam_prompt_decoder(model: Sam, src) -> Sam:
 # Builder
 # --------------------------------------------------------------------------------------------------------------
 
+def build_efficientvit_sam_image_encoder(variant: str = 'l0', image_size: Optional[int] = None,
+                                         norm_eps: float = SAM_NORM_EPS) -> EfficientViTSamImageEncoder:
+    """The image encoder of EfficientViT-SAM ``variant`` alone (arguments as :func:`build_efficientvit_sam`)."""
+    key = normalize_variant(variant)
+    cfg = SAM_VARIANTS[key]
+    size = int(cfg['image_size'] if image_size is None else image_size)
+    stride = 2 ** (max(_stage_number(f) for f in cfg['fid_list']) + 1)
+    if size <= 0 or size % stride:
+        raise ValueError(f'image_size for {key} must be a positive multiple of {stride}, got {image_size}')
+    stages = tuple(_stage_number(f) for f in cfg['fid_list'])
+    backbone = EfficientViTL(cfg['backbone'], out_indices=stages, norm_eps=norm_eps)
+    neck = SamNeck(cfg['fid_list'], cfg['in_channel_list'], cfg['head_width'], cfg['head_depth'],
+                   cfg['expand_ratio'], cfg['middle_op'], norm_eps=norm_eps)
+    return set_norm_eps(EfficientViTSamImageEncoder(backbone, neck, img_size=size), norm_eps)
+
+
+class EfficientViTSamBackbone(nn.Module):
+    """EfficientViT-SAM's image encoder as a backbone for dense prediction (registered in mmdet and mmseg as
+    ``EfficientViTSamEncoder``).
+
+    Takes normalised ``(B, 3, S, S)`` images, ``S`` the encoder size (512 for L0-L2, 1024 for XL0/XL1; pad or
+    resize to it in the pipeline, as SAM does), and returns a 1-tuple with the ``(B, 256, 64, 64)`` image
+    embedding. :meth:`load_pretrained` takes the ``image_encoder.*`` weights of an official EfficientViT-SAM
+    checkpoint (or an encoder-only state dict), strictly.
+    """
+
+    def __init__(self, variant: str = 'l0', image_size: Optional[int] = None, norm_eps: float = SAM_NORM_EPS):
+        super().__init__()
+        self.encoder = build_efficientvit_sam_image_encoder(variant, image_size, norm_eps)
+        self.variant = normalize_variant(variant)
+        self.out_channels = (256, )
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
+        size = self.encoder.img_size
+        if tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(f'EfficientViT-SAM-{self.variant.upper()} encodes {size}x{size} images, got '
+                             f'{tuple(x.shape[-2:])}: resize/pad to {size} in the data pipeline')
+        return (self.encoder(x), )
+
+    def load_pretrained(self, src) -> None:
+        state_dict = _strip_module(read_checkpoint(src))
+        if any(k.startswith('image_encoder.') for k in state_dict):
+            state_dict = {k[len('image_encoder.'):]: v for k, v in state_dict.items()
+                          if k.startswith('image_encoder.')}
+        load_state_dict_strict(self.encoder, state_dict, source=_name(src))
+
+    def fuse(self) -> 'EfficientViTSamBackbone':
+        self.encoder.fuse()
+        return self
+
+
 def build_efficientvit_sam(variant: str = 'l0', checkpoint=None, *, decoder_checkpoint=None,
                            image_size: Optional[int] = None, norm_eps: float = SAM_NORM_EPS) -> EfficientViTSam:
     """Build EfficientViT-SAM ``variant`` (``'l0'``, ``'l1'``, ``'l2'``, ``'xl0'``, ``'xl1'``; also
@@ -408,18 +460,10 @@ def build_efficientvit_sam(variant: str = 'l0', checkpoint=None, *, decoder_chec
         norm_eps: eps of every norm layer (1e-6, the reference's value).
     """
     key = normalize_variant(variant)
-    cfg = SAM_VARIANTS[key]
-    size = int(cfg['image_size'] if image_size is None else image_size)
-    stride = 2 ** (max(_stage_number(f) for f in cfg['fid_list']) + 1)
-    if size <= 0 or size % stride:
-        raise ValueError(f'image_size for {key} must be a positive multiple of {stride}, got {image_size}')
-    stages = tuple(_stage_number(f) for f in cfg['fid_list'])
-    backbone = EfficientViTL(cfg['backbone'], out_indices=stages, norm_eps=norm_eps)
-    neck = SamNeck(cfg['fid_list'], cfg['in_channel_list'], cfg['head_width'], cfg['head_depth'],
-                   cfg['expand_ratio'], cfg['middle_op'], norm_eps=norm_eps)
+    encoder = build_efficientvit_sam_image_encoder(key, image_size, norm_eps)
     embed = 64
     model = EfficientViTSam(
-        image_encoder=EfficientViTSamImageEncoder(backbone, neck, img_size=size),
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(embed, embed),
                                      input_image_size=(1024, 1024), mask_in_chans=16),
         mask_decoder=MaskDecoder(num_multimask_outputs=3,
