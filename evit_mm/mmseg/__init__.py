@@ -1,19 +1,34 @@
-"""mmsegmentation 1.x adapter: registers evit_mm's backbones in mmseg's ``MODELS`` registry.
+"""mmsegmentation 1.x adapter: registers evit_mm's models in mmseg's registries.
 
 Configs load it with ``custom_imports = dict(imports=['evit_mm.mmseg'], allow_failed_imports=False)``, which
 is what makes ``mim train mmseg <config>`` work. Importing it also applies evit_mm's torch-2.14 compatibility
 fixes. It imports mmseg and mmengine only, never mmdet or mmagic.
 
-Registered: ``EfficientViTB`` (B0-B3), ``EfficientViTL`` (L0-L3, XL0/XL1) and ``EfficientViTM`` (M0-M5)
-backbones, each the pure-PyTorch core class plus mmengine's ``init_cfg``.
+Registered in ``MODELS``:
+
+- ``EfficientViTB`` (B0-B3), ``EfficientViTL`` (L0-L3, XL0/XL1) and ``EfficientViTM`` (M0-M5) backbones, each the
+  pure-PyTorch core class plus mmengine's ``init_cfg``;
+- ``EfficientViTSegDecodeHead``: the EfficientViT SegHead as an mmseg decode head (reference keys, mmseg losses);
+- ``EfficientViTEncoderDecoder``: mmseg's EncoderDecoder plus the reference's evaluation
+  (``test_cfg=dict(mode='whole', resize_mode='bicubic')``) and official seg checkpoints (``head.*`` keys).
+
+In ``TRANSFORMS``: ``ShortSideResize`` (the reference's ADE20K evaluation resize). In
+``OPTIM_WRAPPER_CONSTRUCTORS``: ``EfficientViTOptimWrapperConstructor`` (a head lr multiplier and no weight
+decay on norms/biases, together). See docs/efficientvit_seg.md.
 """
 from mmseg.registry import MODELS
 
 from ..mm_common import mm_module
 from ..models import efficientvit_mit, efficientvit_msra
+from .decode_head import EfficientViTSegDecodeHead
+from .optim import EfficientViTOptimWrapperConstructor
+from .segmentor import EfficientViTEncoderDecoder, official_seg_to_mmseg
+from .transforms import ShortSideResize
 
 EfficientViTB = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTB))
 EfficientViTL = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTL))
 EfficientViTM = MODELS.register_module(module=mm_module(efficientvit_msra.EfficientViTM))
 
-__all__ = ['EfficientViTB', 'EfficientViTL', 'EfficientViTM']
+__all__ = ['EfficientViTB', 'EfficientViTL', 'EfficientViTM', 'EfficientViTSegDecodeHead',
+           'EfficientViTEncoderDecoder', 'ShortSideResize', 'EfficientViTOptimWrapperConstructor',
+           'official_seg_to_mmseg']

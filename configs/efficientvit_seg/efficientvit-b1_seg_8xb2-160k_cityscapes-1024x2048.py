@@ -1,0 +1,34 @@
+# EfficientViT-B1 seg, Cityscapes, evaluated at 1024x2048 (whole image). Reference mIoU 80.547
+# (official checkpoint efficientvit_seg_b1_cityscapes.pt, applications/efficientvit_seg/README.md).
+# Training: 160k iterations x 16 images (8 GPUs x 2) of 1024x1024 crops; recipe in ./_base_/efficientvit_seg_160k.py
+# and docs/efficientvit_seg.md. This file is the Cityscapes base of the other Cityscapes configs.
+_base_ = ['mmseg::_base_/datasets/cityscapes_1024x1024.py', './_base_/efficientvit_seg_160k.py']
+
+# ImageNet-1k weights for the backbone: an official EfficientViT classification checkpoint
+# (https://huggingface.co/han-cai/efficientvit-cls, e.g. efficientvit_b1_r288.pt), a timm efficientvit_b1 state
+# dict or a file converted by tools/convert_efficientvit_mit.py; set with
+#   --cfg-options model.backbone.init_cfg.checkpoint=/path/to/efficientvit_b1_r288.pt
+pretrained = 'checkpoints/efficientvit_b1_r288.pt'
+
+crop_size = (1024, 1024)
+model = dict(
+    data_preprocessor=dict(size=crop_size),  # training crops are padded to 1024x1024; test inputs are not padded
+    backbone=dict(type='EfficientViTB', arch='b1', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    decode_head=dict(  # the reference's b1_cityscapes head
+        in_channels=(256, 128, 64), head_width=64, head_depth=3, expand_ratio=4, middle_op='mbconv',
+        final_expand=4, num_classes=19, act='hswish', norm_eps=1e-5))
+
+# Training data: mmseg's Cityscapes pipeline (RandomResize 0.5-2.0 of 2048x1024, RandomCrop 1024x1024 with
+# cat_max_ratio 0.75, horizontal flip, PhotoMetricDistortion), 2 images per GPU.
+train_dataloader = dict(batch_size=2, num_workers=4)
+
+# The reference's evaluation: the image at 1024x2048 (bicubic resize if it is not; Cityscapes already is),
+# labels at their original resolution, decoded with PIL as the reference does.
+test_pipeline = [
+    dict(type='LoadImageFromFile', imdecode_backend='pillow'),
+    dict(type='Resize', scale=(2048, 1024), keep_ratio=False, interpolation='bicubic'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+val_dataloader = dict(batch_size=1, num_workers=4, dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader

@@ -1,0 +1,10 @@
+# EfficientViT-B3 seg, ADE20K, evaluated at 512 (short side). Reference mIoU 49.013 (efficientvit_seg_b3_ade20k.pt).
+# Recipe and data: ./efficientvit-b1_seg_8xb2-160k_ade20k-512x512.py.
+_base_ = ['./efficientvit-b1_seg_8xb2-160k_ade20k-512x512.py']
+
+pretrained = 'checkpoints/efficientvit_b3_r288.pt'
+model = dict(
+    backbone=dict(type='EfficientViTB', arch='b3', init_cfg=dict(checkpoint=pretrained)),
+    decode_head=dict(  # the reference's b3_ade20k head
+        in_channels=(512, 256, 128), head_width=128, head_depth=3, expand_ratio=4, middle_op='mbconv',
+        final_expand=None, num_classes=150, act='hswish', norm_eps=1e-5))

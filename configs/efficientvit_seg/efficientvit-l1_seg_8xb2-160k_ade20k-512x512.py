@@ -1,0 +1,10 @@
+# EfficientViT-L1 seg, ADE20K, evaluated at 512 (short side). Reference mIoU 49.191 (efficientvit_seg_l1_ade20k.pt).
+# Recipe and data: ./efficientvit-b1_seg_8xb2-160k_ade20k-512x512.py.
+_base_ = ['./efficientvit-b1_seg_8xb2-160k_ade20k-512x512.py']
+
+pretrained = 'checkpoints/efficientvit_l1_r224.pt'
+model = dict(
+    backbone=dict(type='EfficientViTL', arch='l1', norm_eps=1e-7, init_cfg=dict(checkpoint=pretrained)),
+    decode_head=dict(  # the reference's l1_ade20k head
+        in_channels=(512, 256, 128), head_width=128, head_depth=3, expand_ratio=4, middle_op='fmbconv',
+        final_expand=8, num_classes=150, act='gelu', norm_eps=1e-7))

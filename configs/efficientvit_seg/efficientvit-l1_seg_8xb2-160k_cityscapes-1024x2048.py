@@ -1,0 +1,11 @@
+# EfficientViT-L1 seg, Cityscapes, evaluated at 1024x2048. Reference mIoU 82.716 (efficientvit_seg_l1_cityscapes.pt).
+# Recipe and data: ./efficientvit-b1_seg_8xb2-160k_cityscapes-1024x2048.py. L models use tanh-GELU and BN eps 1e-7
+# (the reference's set_norm_eps for L seg/cls models).
+_base_ = ['./efficientvit-b1_seg_8xb2-160k_cityscapes-1024x2048.py']
+
+pretrained = 'checkpoints/efficientvit_l1_r224.pt'
+model = dict(
+    backbone=dict(type='EfficientViTL', arch='l1', norm_eps=1e-7, init_cfg=dict(checkpoint=pretrained)),
+    decode_head=dict(  # the reference's l1_cityscapes head
+        in_channels=(512, 256, 128), head_width=256, head_depth=3, expand_ratio=1, middle_op='fmbconv',
+        final_expand=None, num_classes=19, act='gelu', norm_eps=1e-7))
