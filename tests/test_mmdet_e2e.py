@@ -62,6 +62,7 @@ def tiny_config(tmp_path, base, coins, epochs=1):
 
 def test_every_config_builds():
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
     from mmdet.registry import MODELS
 
     import evit_mm.mmdet  # noqa: F401
@@ -71,8 +72,10 @@ def test_every_config_builds():
     for path in detection:
         cfg = Config.fromfile(path)
         assert cfg.custom_imports['imports'] == ['evit_mm.mmdet'], path
-        model = MODELS.build(cfg.model)
-        n_params = sum(p.numel() for p in model.backbone.parameters())
+        with DefaultScope.overwrite_default_scope('mmdet'):  # as the Runner does
+            model = MODELS.build(cfg.model)
+        backbone = model.detector.backbone if cfg.model.type == 'BoxPromptedSAM' else model.backbone
+        n_params = sum(p.numel() for p in backbone.parameters())
         assert n_params > 1e6, path
 
 

@@ -32,8 +32,9 @@ def enable_visualization(cfg, show_dir: str) -> None:
     hook['draw'] = True
     if 'Det' in hook.get('type', ''):
         hook['test_out_dir'] = show_dir  # mmdet's hook saves into <work_dir>/<timestamp>/<test_out_dir>
-    else:
-        cfg.visualizer['save_dir'] = show_dir
+    else:  # mmseg's hook draws every `interval`-th image into the visualizer's save_dir
+        hook['interval'] = 1
+        cfg.visualizer['save_dir'] = osp.join(cfg.work_dir, show_dir)
 
 
 def main(argv=None):
@@ -43,7 +44,7 @@ def main(argv=None):
     set_launcher(cfg, args.launcher)
     default_work_dir(cfg, args.config, args.work_dir)
     cfg.load_from = args.checkpoint
-    if args.show_dir:
+    if args.show_dir:  # (after default_work_dir: the drawings go under the work dir)
         enable_visualization(cfg, args.show_dir)
     runner = build_runner(cfg)
     metrics = runner.test()

@@ -22,6 +22,8 @@ def prepare_cpu_distributed(cfg) -> bool:
                            "(--launcher pytorch, tools/dist_train.sh) runs distributed on CPU processes")
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')  # rank, world size and master address from torchrun's env
+    if cfg.get('sync_bn'):  # torch's SyncBatchNorm runs on GPUs only; per-process BN statistics instead
+        cfg.sync_bn = None
     wrapper = dict(cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel'))
     wrapper.setdefault('device_ids', None)  # a CPU module takes no device ids
     cfg.model_wrapper_cfg = wrapper

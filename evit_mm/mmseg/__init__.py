@@ -7,7 +7,8 @@ fixes. It imports mmseg and mmengine only, never mmdet or mmagic.
 Registered in ``MODELS``:
 
 - ``EfficientViTB`` (B0-B3), ``EfficientViTL`` (L0-L3, XL0/XL1) and ``EfficientViTM`` (M0-M5) backbones, each the
-  pure-PyTorch core class plus mmengine's ``init_cfg``;
+  pure-PyTorch core class plus mmengine's ``init_cfg``; ``EfficientViTSamEncoder``, EfficientViT-SAM's image
+  encoder as a backbone (a 256x64x64 embedding);
 - ``EfficientViTSegDecodeHead``: the EfficientViT SegHead as an mmseg decode head (reference keys, mmseg losses);
 - ``EfficientViTEncoderDecoder``: mmseg's EncoderDecoder plus the reference's evaluation
   (``test_cfg=dict(mode='whole', resize_mode='bicubic')``) and official seg checkpoints (``head.*`` keys).
@@ -19,7 +20,7 @@ decay on norms/biases, together). See docs/efficientvit_seg.md.
 from mmseg.registry import MODELS
 
 from ..mm_common import mm_module
-from ..models import efficientvit_mit, efficientvit_msra
+from ..models import efficientvit_mit, efficientvit_msra, sam
 from .decode_head import EfficientViTSegDecodeHead
 from .optim import EfficientViTOptimWrapperConstructor
 from .segmentor import EfficientViTEncoderDecoder, official_seg_to_mmseg
@@ -28,7 +29,9 @@ from .transforms import ShortSideResize
 EfficientViTB = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTB))
 EfficientViTL = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTL))
 EfficientViTM = MODELS.register_module(module=mm_module(efficientvit_msra.EfficientViTM))
+EfficientViTSamEncoder = MODELS.register_module(
+    name='EfficientViTSamEncoder', module=mm_module(sam.EfficientViTSamBackbone, name='EfficientViTSamEncoder'))
 
-__all__ = ['EfficientViTB', 'EfficientViTL', 'EfficientViTM', 'EfficientViTSegDecodeHead',
+__all__ = ['EfficientViTB', 'EfficientViTL', 'EfficientViTM', 'EfficientViTSamEncoder', 'EfficientViTSegDecodeHead',
            'EfficientViTEncoderDecoder', 'ShortSideResize', 'EfficientViTOptimWrapperConstructor',
            'official_seg_to_mmseg']
