@@ -1,0 +1,172 @@
+"""Smoke test of tools/benchmark.py: it runs, writes valid JSON / markdown / PNG, and rejects bad arguments.
+
+Not a timed test: nothing here asserts a speed relation between models.
+"""
+import importlib.util
+import json
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+TOOL = osp.join(ROOT, 'tools', 'benchmark.py')
+
+
+@pytest.fixture(scope='module')
+def bench():
+    name = 'evit_mm_tools_benchmark'
+    spec = importlib.util.spec_from_file_location(name, TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+
+
+TINY = ['--img-size', '64', '--batch-size', '2', '--duration', '0.2', '--repeats', '1', '--warmup', '0',
+        '--progress', 'off']
+
+
+def test_runs_and_writes_json_table_and_png(bench, tmp_path, capsys):
+    out = tmp_path / 'bench'
+    threads_before = torch.get_num_threads()
+    assert bench.main(['--models', 'efficientvit_m0', *TINY, '--out-dir', str(out)]) == 0
+    assert torch.get_num_threads() == threads_before  # the tool restores the thread count
+
+    stdout = capsys.readouterr().out
+    assert '| efficientvit_m0 |' in stdout and 'mobilenetv3_large_100' in stdout
+    for name in ('benchmark.json', 'benchmark.md', 'speed_vs_params.png'):
+        assert str(out / name) in stdout  # it says where the files went
+
+    result = json.loads((out / 'benchmark.json').read_text())
+    assert {'meta', 'models', 'results', 'ratios'} <= set(result)
+    assert result['meta']['img_size'] == 64 and result['meta']['repeats'] == 1
+    assert result['meta']['machine']['cpu_count'] >= 1
+
+    # params: exactly the parameter count of the model that was timed (and of timm's same architecture)
+    model = bench.EfficientViTMClassifier('m0', img_size=64)
+    info = result['models']['efficientvit_m0']
+    assert info['params'] == sum(p.numel() for p in model.parameters()) == info['params_timm']
+    backbone = bench.MODEL_SPECS['efficientvit_m0'].backbone()
+    assert info['params_backbone'] == sum(p.numel() for p in backbone.parameters())
+    assert info['macs'] > 0 and info['macs'] == info['macs_timm']
+
+    rows = result['results']
+    got = {(r['model'], r['impl'], r['mode']) for r in rows}
+    assert got == {('efficientvit_m0', 'evit_mm', 'eager'), ('efficientvit_m0', 'evit_mm', 'deploy'),
+                   ('efficientvit_m0', 'timm', 'eager'), ('efficientvit_m0', 'timm', 'fused'),
+                   ('mobilenetv3_large_100', 'timm', 'eager')}
+    for row in rows:
+        assert row['images_per_s'] > 0 and row['ms_per_batch'] > 0 and row['batch_size'] == 2
+        assert row['threads'] == 1 and row['device'] == 'cpu' and len(row['windows']) == 1
+        assert row['macs'] > 0 and row['params'] > 0
+        if row['role'] == 'model':
+            assert row['max_abs_diff'] < 1e-3  # same weights, same function
+    ratios = result['ratios']
+    assert len(ratios) == 1
+    assert {'eager/timm', 'deploy/timm', 'deploy/timm_fused', 'eager/mobilenetv3',
+            'deploy/mobilenetv3'} <= set(ratios[0])
+    assert all(v > 0 for k, v in ratios[0].items() if '/' in k)
+
+    assert '| efficientvit_m0 |' in (out / 'benchmark.md').read_text()
+    from PIL import Image
+    with Image.open(out / 'speed_vs_params.png') as img:
+        img.verify()
+    with Image.open(out / 'speed_vs_params.png') as img:
+        assert img.format == 'PNG' and min(img.size) > 100
+
+
+def test_unknown_model_lists_the_known_ones(bench, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(['--models', 'efficientvit_m9'])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert 'efficientvit_m9' in err
+    assert all(f'efficientvit_m{i}' in err for i in range(6))
+
+
+@pytest.mark.parametrize('bad, what', [
+    (['--batch-size', '0'], '--batch-size'),
+    (['--threads', '0'], '--threads'),
+    (['--threads', 'many'], '--threads'),
+    (['--duration', '-1'], '--duration'),
+    (['--repeats', '0'], '--repeats'),
+    (['--warmup', '-2'], '--warmup'),
+    (['--img-size', '8'], '--img-size'),
+    (['--peers', 'resnet'], 'resnet'),
+])
+def test_bad_arguments_give_clear_errors(bench, capsys, bad, what):
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(bad)
+    assert exc.value.code == 2
+    assert what in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message given without a GPU')
+def test_cuda_without_a_gpu_says_so_and_skips(bench, tmp_path, capsys):
+    assert bench.main(['--device', 'cuda', '--out-dir', str(tmp_path / 'gpu')]) == 0
+    out = capsys.readouterr().out
+    assert 'no CUDA GPU is available' in out and 'Skipping the GPU protocol' in out
+    assert not (tmp_path / 'gpu').exists()
+
+
+def test_gpu_batch_search_doubles_then_backs_off(bench):
+    tried = []
+
+    def try_batch(b):
+        tried.append(b)
+        if b > 300:
+            raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate ...')
+
+    assert bench.largest_pow2_batch(try_batch, max_batch=4096) == 256
+    assert tried == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    assert bench.largest_pow2_batch(lambda b: None, max_batch=64) == 64  # capped
+    with pytest.raises(ValueError):  # other errors are not taken for out-of-memory
+        bench.largest_pow2_batch(lambda b: (_ for _ in ()).throw(ValueError('boom')), max_batch=8)
+
+
+def test_gpu_protocol_logic_runs_on_cpu(bench):
+    """The GPU protocol (autocast, power-of-two batch search, batch-1 latency) is device independent: run it on
+    the CPU with bf16 autocast so that its code is exercised without a GPU."""
+    import argparse
+    cands, models = bench.build_candidates([bench.MODEL_SPECS['efficientvit_m0']], [], 32, 0, lambda msg: None)
+    assert [(c.impl, c.mode) for c in cands] == [('evit_mm', 'eager'), ('evit_mm', 'deploy')]
+    args = argparse.Namespace(amp='bf16', img_size=32, max_batch=4, warmup=0.0, duration=0.05, repeats=1,
+                              peer_windows='per-model')
+    setting = dict(device='cpu', protocol='gpu', batch_size='max', label='simulated GPU protocol')
+    rows = bench.measure_setting(cands, setting, args, lambda msg: None, progress=False)
+    for row in rows:
+        assert row['batch_size'] == 4 and row['precision'] == 'bf16'  # capped by max_batch
+        assert row['images_per_s'] > 0 and row['latency_ms'] > 0 and len(row['latency_windows']) == 1
+    result = dict(meta=dict(img_size=32, repeats=1, duration=0.05, command='x', date='d',
+                            machine=dict(machine='m', cpu='c', cpu_count=1, torch='t', timm='t', evit_mm='e')),
+                  models=models, results=rows, ratios=bench.compute_ratios(rows))
+    assert '@4 /' in bench.markdown_tables(result)  # "images/s @batch / latency" cells
+
+
+def test_rounds_put_the_shared_peer_next_to_every_model_and_ratios_pair_neighbours(bench):
+    def cand(key, spec, role='model'):
+        return bench.Candidate(key=key, model_name=spec or key, impl='x', mode='y', role=role, module=None,
+                               params=1, macs=1, spec=spec)
+    cands = [cand('a/e', 'a'), cand('a/d', 'a'), cand('b/e', 'b'), cand('mnv3', '', role='peer')]
+    assert bench.window_order(cands) == ['a/e', 'a/d', 'mnv3', 'b/e', 'mnv3']
+    assert bench.window_order(cands, 'once') == ['a/e', 'a/d', 'b/e', 'mnv3']
+
+    def row(*windows):  # (time, images/s) per window
+        return dict(windows=[dict(t=t, images_per_s=v) for t, v in windows])
+    # the load halves the speed of everything from t=10 on: each window is compared with its neighbour in time
+    a = row((1, 200), (11, 100))
+    b = row((2, 100), (12, 50), (30, 10))
+    assert bench.paired_ratio(a, b) == pytest.approx(2.0)
+
+
+def test_imagenet_windows_match_the_paper(bench):
+    # (7, 7, 4) at 224, as Cream's classification code and timm; never 0 at tiny sizes
+    assert bench.imagenet_windows(224) == (7, 7, 4)
+    assert bench.imagenet_windows(64) == (4, 2, 1)
+    assert min(bench.imagenet_windows(16)) >= 1
