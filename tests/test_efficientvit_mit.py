@@ -28,16 +28,6 @@ KEYS_DIR = os.environ.get('EVIT_MM_REFERENCE_KEYS', os.path.join(os.path.dirname
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """Run this module's small CPU forwards single-threaded: with 2 cores shared with other processes, OpenMP
-    threads that wait for each other make tiny convs ~100x slower; one thread is faster for these sizes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------------

@@ -33,19 +33,10 @@ except ImportError:  # pragma: no cover
 
 needs_timm = pytest.mark.skipif(timm is None, reason='timm is not installed')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE_KEYS = os.environ.get('EVIT_MM_REFERENCE_KEYS', '/work/shared/reference/keys')
+REFERENCE_KEYS = os.environ.get('EVIT_MM_REFERENCE_KEYS', os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared', 'reference', 'keys'))
 ARCHS = sorted(ARCH_SETTINGS)
 BN = nn.modules.batchnorm._BatchNorm
-
-
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """These tensors are small: one intra-op thread avoids oversubscription on busy 2-core machines (measured:
-    22 s for this file with one thread vs. minutes with two while other jobs ran)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------------------------- helpers

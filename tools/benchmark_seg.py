@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark import cpu_model_name  # noqa: E402
 
 SEGFORMER_CONFIG = 'mmseg::segformer/segformer_mit-b1_8xb1-160k_cityscapes-1024x1024.py'
 
@@ -133,17 +135,6 @@ def time_models(models: dict, x, repeats: int, warmup: int, autocast_dtype=None)
     return {name: (times[name], shapes[name]) for name in models}
 
 
-def _cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -186,7 +177,7 @@ def run(args) -> dict:
         # that changes between repeats on a shared machine
         paired[device] = statistics.median(s / e for s, e in zip(seg['times_ms'], evit['times_ms']))
     return dict(
-        torch=torch.__version__, threads=torch.get_num_threads(), cpu=_cpu_name(),
+        torch=torch.__version__, threads=torch.get_num_threads(), cpu=cpu_model_name(),
         gpu=torch.cuda.get_device_name(0) if 'cuda' in devices else None, skipped_devices=skipped,
         repeats=args.repeats, warmup=args.warmup, full_res=args.full_res, channels_last=args.channels_last,
         results=results, speedup=speedups,
