@@ -15,12 +15,12 @@ def _runner(tmp_path, coins):
     from mmengine.runner import Runner
 
     import evit_mm.mmdet  # noqa: F401
+    from evit_mm.sample_data import coco_cfg_options
     cfg = Config.fromfile(CONFIG)
+    cfg.merge_from_dict(coco_cfg_options(coins))
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = osp.join(coins['root'], '')
         cfg[loader].num_workers = 0
         cfg[loader].persistent_workers = False
-    cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file = coins['val_ann']
     cfg.work_dir = str(tmp_path / 'work')
     return Runner.from_cfg(cfg)
 

@@ -59,3 +59,16 @@ def test_bad_arguments_are_refused(tmp_path):
         make_coins_coco(str(tmp_path), image_size=32)
     with pytest.raises(ValueError, match='num_train'):
         make_coins_coco(str(tmp_path), num_train=0)
+
+
+def test_coco_cfg_options_point_an_mmdet_config_at_the_dataset(coins_coco):
+    from mmengine.config import Config
+
+    from evit_mm.sample_data import coco_cfg_options
+    cfg = Config.fromfile(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                                       'quickstart', 'retinanet_efficientvit-m0_fpn_coins.py'))
+    cfg.merge_from_dict(coco_cfg_options(coins_coco))
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[loader].dataset.data_root == os.path.join(coins_coco['root'], '')
+        assert os.path.isfile(os.path.join(cfg[loader].dataset.data_root, cfg[loader].dataset.ann_file))
+    assert cfg.val_evaluator.ann_file == cfg.test_evaluator.ann_file == coins_coco['val_ann']

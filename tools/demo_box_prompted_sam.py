@@ -47,16 +47,13 @@ def main(argv=None):
 
     import evit_mm.mmdet  # noqa: F401  registers BoxPromptedSAM, applies the compatibility fixes
     from evit_mm.mmdet.visualization import draw_predictions
-    from evit_mm.sample_data.coins import coins_coco_paths, make_coins_coco
+    from evit_mm.sample_data import coco_cfg_options, coins_coco_paths, make_coins_coco
 
     paths = coins_coco_paths(args.data_root)
     if not osp.isfile(paths['val_ann']):
         paths = make_coins_coco(args.data_root)
     cfg = Config.fromfile(args.config)
-    data_root = osp.join(paths['root'], '')
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = data_root
-    cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file = paths['val_ann']
+    cfg.merge_from_dict(coco_cfg_options(paths))
     cfg.model.sam.checkpoint = args.sam_checkpoint
     cfg.work_dir = args.out_dir
     os.makedirs(args.out_dir, exist_ok=True)

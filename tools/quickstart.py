@@ -42,17 +42,15 @@ def main(argv=None):
 
     import evit_mm.mmdet  # noqa: F401  registers the models, applies the compatibility fixes
     from evit_mm.mmdet.visualization import draw_predictions
-    from evit_mm.sample_data import make_coins_coco
+    from evit_mm.sample_data import coco_cfg_options, make_coins_coco
 
     print(f'[1/4] building coins-coco in {args.data_root}', flush=True)
     paths = make_coins_coco(args.data_root, num_train=args.num_train, num_val=args.num_val,
                             image_size=args.image_size, seed=args.seed)
 
     cfg = Config.fromfile(CONFIG)
-    data_root = osp.join(paths['root'], '')
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = data_root
-    cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file = paths['val_ann']
+    data_options = coco_cfg_options(paths)
+    cfg.merge_from_dict(data_options)
     if args.epochs is not None:
         cfg.train_cfg.max_epochs = args.epochs
         cfg.param_scheduler[-1].end = args.epochs
@@ -86,6 +84,7 @@ def main(argv=None):
     with open(results_file, 'w') as f:
         json.dump(results, f, indent=2)
     checkpoint = osp.join(args.work_dir, f'epoch_{cfg.train_cfg.max_epochs}.pth')
+    test_options = ' '.join(f'{k}={v}' for k, v in data_options.items() if k.startswith('test_'))
     print(f"""
 Quick start done in {results['seconds']:.0f} s.
   bbox mAP      {results['bbox_mAP']:.3f}   (AP50 {results['bbox_mAP_50']:.3f}, AP75 {results['bbox_mAP_75']:.3f})
@@ -97,7 +96,7 @@ Quick start done in {results['seconds']:.0f} s.
   detections    {png}  (left: ground truth, right: detections with score >= {args.score_thr})
 Evaluate the checkpoint again with:
   .venv/bin/python tools/test.py {osp.relpath(CONFIG, os.getcwd())} {checkpoint} \\
-      --cfg-options test_dataloader.dataset.data_root={data_root} test_evaluator.ann_file={paths['val_ann']}""")
+      --cfg-options {test_options}""")
     return results
 
 

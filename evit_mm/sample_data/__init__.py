@@ -3,7 +3,7 @@
 Nothing is downloaded: the photographs come from ``skimage.data``, and the annotations are derived from them
 programmatically (see each builder's docstring and docs/sample_data.md).
 """
-from .coins import COIN_CATEGORY, coins_coco_paths, make_coins_coco, segment_coins
+from .coins import COIN_CATEGORY, coco_cfg_options, coins_coco_paths, make_coins_coco, segment_coins
 from .segmentation import make_ade20k_sample, make_cityscapes_sample
 
-__all__ = ['make_coins_coco', 'coins_coco_paths', 'segment_coins', 'COIN_CATEGORY', 'make_cityscapes_sample', 'make_ade20k_sample']
+__all__ = ['make_coins_coco', 'coins_coco_paths', 'coco_cfg_options', 'segment_coins', 'COIN_CATEGORY', 'make_cityscapes_sample', 'make_ade20k_sample']

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ['COIN_CATEGORY', 'segment_coins', 'make_coins_coco', 'coins_coco_paths']
+__all__ = ['COIN_CATEGORY', 'segment_coins', 'make_coins_coco', 'coins_coco_paths', 'coco_cfg_options']
 
 COIN_CATEGORY = {'id': 1, 'name': 'coin', 'supercategory': 'object'}
 
@@ -171,6 +171,16 @@ def coins_coco_paths(root: str) -> dict:
              'val_ann': osp.join(root, 'annotations', 'instances_val2017.json'),
              'train_img': osp.join(root, 'train2017'), 'val_img': osp.join(root, 'val2017')}
     return paths
+
+
+def coco_cfg_options(paths: dict) -> dict:
+    """Overrides that point a COCO-format mm config (its dataloaders and CocoMetric evaluators) at the dataset
+    of ``paths`` (as returned by :func:`make_coins_coco`): for ``Config.merge_from_dict`` or ``--cfg-options``."""
+    root = osp.join(paths['root'], '')
+    options = {f'{loader}.dataset.data_root': root for loader in ('train_dataloader', 'val_dataloader',
+                                                                    'test_dataloader')}
+    options.update({'val_evaluator.ann_file': paths['val_ann'], 'test_evaluator.ann_file': paths['val_ann']})
+    return options
 
 
 def make_coins_coco(root: str, num_train: int = 48, num_val: int = 12, image_size: int = 320, seed: int = 0,
