@@ -29,6 +29,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@torch.no_grad()
+def randomize_batchnorm_(model, seed: int = 0, weights: bool = False):
+    """Non-trivial eval-mode BatchNorm statistics (and, with ``weights``, scales), so that numerical comparisons
+    exercise the norms. In place; returns ``model``."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            if weights:
+                m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
+    return model
+
+
 def run_python(code: str, timeout: float = 300, cwd: str = ROOT, env=None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (so imports are observed from a clean sys.modules)."""
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=timeout, cwd=cwd,

@@ -6,31 +6,22 @@ import collections
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from evit_mm.models.sam import build_efficientvit_sam
 from evit_mm.sam import EfficientViTSamPredictor, preprocess_image
 from evit_mm.sam.onnx import check_onnx, decoder_inputs, export_decoder, export_encoder
+
+from conftest import randomize_batchnorm_
 
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 skimage_data = pytest.importorskip('skimage.data')
 
 
-@torch.no_grad()
-def _randomize_norms(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
-
-
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
     torch.manual_seed(0)
-    model = _randomize_norms(build_efficientvit_sam('l0', image_size=256))
+    model = randomize_batchnorm_(build_efficientvit_sam('l0', image_size=256))
     d = tmp_path_factory.mktemp('onnx')
     enc = export_encoder(model, str(d / 'encoder.onnx'))
     dec = export_decoder(model, str(d / 'decoder.onnx'))
@@ -86,7 +77,7 @@ def test_decoder_graph_avoids_exporter_unfriendly_ops(exported):
 @pytest.mark.slow
 def test_xl0_encoder_export_full_resolution(tmp_path):
     torch.manual_seed(0)
-    model = _randomize_norms(build_efficientvit_sam('xl0'))
+    model = randomize_batchnorm_(build_efficientvit_sam('xl0'))
     path = export_encoder(model, str(tmp_path / 'xl0.onnx'), dynamic_batch=False)
     x = preprocess_image(skimage_data.coffee(), 1024)
     with torch.no_grad():

@@ -11,32 +11,22 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from evit_mm.models.sam import build_efficientvit_sam
 from evit_mm.sam import (EfficientViTSamAutomaticMaskGenerator, EfficientViTSamPredictor, as_rgb_uint8,
                          get_preprocess_shape, preprocess_image)
+
+from conftest import randomize_batchnorm_
 
 skimage_data = pytest.importorskip('skimage.data')
 
 SIZE = 256
 
 
-@torch.no_grad()
-def _randomize_norms(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
-    return model
-
-
 @pytest.fixture(scope='module')
 def model():
     torch.manual_seed(0)
-    return _randomize_norms(build_efficientvit_sam('l0', image_size=SIZE))
+    return randomize_batchnorm_(build_efficientvit_sam('l0', image_size=SIZE), weights=True)
 
 
 @pytest.fixture(scope='module')
