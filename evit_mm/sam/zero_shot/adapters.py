@@ -1,0 +1,208 @@
+"""Model adapters: one small protocol that the evaluation talks to, for any SAM-style model.
+
+A :class:`PromptableSegmenter` sets an image, then maps a batch of prompt sets (boxes, or clicks) to candidate
+masks with scores; the evaluation keeps the candidate with the highest score (SAM's predicted IoU), as the
+reference does with ``multimask_output=True``. Implementations:
+
+* :class:`SamAdapter`: any ``segment_anything.SamPredictor``-compatible predictor, i.e. segment-anything's own
+  ``SamPredictor`` (SAM ViT-B/L/H) and evit_mm's :class:`~evit_mm.sam.EfficientViTSamPredictor`
+  (EfficientViT-SAM L0..XL1); built from a model with :meth:`SamAdapter.from_model`, or from a name with
+  :func:`build_sam_model`;
+* :class:`OracleSegmenter`: returns the ground-truth masks (optionally shifted by a fixed offset), for tests of
+  the evaluation itself.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, Hashable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+
+import numpy as np
+
+__all__ = ['PromptableSegmenter', 'SamAdapter', 'OracleSegmenter', 'build_sam_model', 'SAM_MODEL_NAMES',
+           'box_iou_xyxy']
+
+#: Model names :func:`build_sam_model` knows: EfficientViT-SAM variants and segment-anything's SAMs.
+SAM_MODEL_NAMES = ('l0', 'l1', 'l2', 'xl0', 'xl1', 'sam_vit_b', 'sam_vit_l', 'sam_vit_h')
+
+
+@runtime_checkable
+class PromptableSegmenter(Protocol):
+    """What the zero-shot evaluation needs from a model."""
+
+    def set_image(self, image: np.ndarray, image_id: int, cache_key: Optional[Hashable] = None) -> None:
+        """Prepare ``image`` (``(H, W, 3)`` uint8 RGB) of dataset image ``image_id``; ``cache_key`` (e.g. its
+        path) identifies the same image across datasets."""
+
+    def predict(self, boxes: Optional[np.ndarray] = None, point_coords: Optional[np.ndarray] = None,
+                point_labels: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """``B`` prompt sets -> ``(masks (B, C, H, W) bool, scores (B, C))``, in original image pixels.
+        Either ``boxes`` ``(B, 4)`` XYXY, or ``point_coords`` ``(B, N, 2)`` (x, y) + ``point_labels`` ``(B, N)``
+        (1 foreground, 0 background)."""
+
+
+def build_sam_model(name: str, checkpoint: Optional[str] = None, device: str = 'cpu'):
+    """A SAM-style model by name: EfficientViT-SAM ``'l0'`` ... ``'xl1'`` (also ``'efficientvit-sam-l0'``), or
+    segment-anything's ``'sam_vit_b'``/``'sam_vit_l'``/``'sam_vit_h'`` (also ``'vit_b'``...). Without
+    ``checkpoint`` the weights are random."""
+    key = name.lower().replace('-', '_')
+    if key.startswith('vit_') or key.startswith('sam_vit_'):
+        from segment_anything import sam_model_registry
+        arch = key.replace('sam_', '', 1)
+        if arch not in sam_model_registry or arch == 'default':
+            raise ValueError(f'unknown SAM model {name!r}; known: {", ".join(SAM_MODEL_NAMES)}')
+        model = sam_model_registry[arch](checkpoint=checkpoint)
+    else:
+        from ...models.sam import build_efficientvit_sam, normalize_variant
+        try:
+            normalize_variant(name)
+        except (KeyError, ValueError):
+            raise ValueError(f'unknown SAM model {name!r}; known: {", ".join(SAM_MODEL_NAMES)}') from None
+        model = build_efficientvit_sam(name, checkpoint)
+    return model.to(device).eval()
+
+
+class SamAdapter:
+    """:class:`PromptableSegmenter` over a ``SamPredictor``-compatible predictor.
+
+    Prompts go through ``predictor.transform`` (original pixels -> the 1024 prompt frame) and
+    ``predictor.predict_torch`` with ``multimask_output=True``, in chunks of ``batch_size`` prompt sets.
+
+    Args:
+        predictor: a ``segment_anything.SamPredictor`` or :class:`~evit_mm.sam.EfficientViTSamPredictor`.
+        batch_size: prompt sets per decoder call.
+        cache_size: image embeddings kept (by ``cache_key``) so that an image evaluated again (another mode, or
+            the same photograph in another dataset) skips the image encoder. 0 disables.
+    """
+
+    def __init__(self, predictor, batch_size: int = 32, cache_size: int = 0) -> None:
+        self.predictor = predictor
+        self.batch_size = int(batch_size)
+        self.cache_size = int(cache_size)
+        self._cache: 'OrderedDict[Hashable, dict]' = OrderedDict()
+        self.encoder_calls = 0  #: how many images went through the image encoder
+
+    @classmethod
+    def from_model(cls, model, **kwargs) -> 'SamAdapter':
+        """EfficientViT-SAM gets :class:`~evit_mm.sam.EfficientViTSamPredictor`, any other ``Sam`` segment-anything's
+        ``SamPredictor``."""
+        from segment_anything import SamPredictor
+
+        from ...models.sam import EfficientViTSam
+        from ..predictor import EfficientViTSamPredictor
+        predictor = EfficientViTSamPredictor(model) if isinstance(model, EfficientViTSam) else SamPredictor(model)
+        return cls(predictor, **kwargs)
+
+    def set_image(self, image: np.ndarray, image_id: int, cache_key: Optional[Hashable] = None) -> None:
+        p = self.predictor
+        if cache_key is not None and cache_key in self._cache:
+            self._cache.move_to_end(cache_key)
+            p.__dict__.update(self._cache[cache_key])  # the state set_image left behind (embedding, sizes)
+            return
+        p.set_image(image)
+        self.encoder_calls += 1
+        if cache_key is not None and self.cache_size > 0:
+            self._cache[cache_key] = {k: v for k, v in p.__dict__.items() if k != 'model'}
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+    def predict(self, boxes=None, point_coords=None, point_labels=None) -> Tuple[np.ndarray, np.ndarray]:
+        import torch
+        p = self.predictor
+        n = len(boxes) if boxes is not None else len(point_coords)
+        masks, scores = [], []
+        with torch.no_grad():
+            for s in range(0, n, self.batch_size):
+                kw = {'point_coords': None, 'point_labels': None, 'boxes': None}
+                if boxes is not None:
+                    b = torch.as_tensor(np.asarray(boxes[s:s + self.batch_size], np.float32), device=p.device)
+                    kw['boxes'] = p.transform.apply_boxes_torch(b, p.original_size)
+                if point_coords is not None:
+                    c = torch.as_tensor(np.asarray(point_coords[s:s + self.batch_size], np.float32), device=p.device)
+                    kw['point_coords'] = p.transform.apply_coords_torch(c, p.original_size)
+                    kw['point_labels'] = torch.as_tensor(np.asarray(point_labels[s:s + self.batch_size]),
+                                                         dtype=torch.int, device=p.device)
+                m, iou, _ = p.predict_torch(multimask_output=True, **kw)
+                masks.append(m.cpu().numpy())
+                scores.append(iou.float().cpu().numpy())
+        return np.concatenate(masks), np.concatenate(scores)
+
+
+def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of boxes ``a (N, 4)`` and ``b (M, 4)`` (XYXY)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=-1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _shift(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``mask`` moved by ``(dx, dy)`` pixels; what leaves the image is lost, what enters is background."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = mask[ys, xs]
+    return out
+
+
+class OracleSegmenter:
+    """A "model" that answers every prompt with a ground-truth mask, to test the evaluation.
+
+    A box gets the mask of the annotation whose box overlaps it most (box IoU >= ``min_box_iou``; else the box
+    filled); clicks get the mask of the annotation under the first positive click (else an empty mask). The
+    answer is moved by ``shift = (dx, dy)`` pixels. Three candidates are returned, the answer in the middle with
+    the highest score (0.9) between an empty mask (0.5) and the full image (0.2), so that an evaluation that
+    does not keep the highest-scoring candidate fails.
+
+    Args:
+        dataset: the :class:`~evit_mm.sam.zero_shot.data.ZeroShotDataset` whose ground truth to return.
+    """
+
+    def __init__(self, dataset, shift: Tuple[int, int] = (0, 0), min_box_iou: float = 0.5) -> None:
+        self.dataset, self.shift, self.min_box_iou = dataset, tuple(int(v) for v in shift), min_box_iou
+        self.image_id: Optional[int] = None
+        self.calls: List[Dict[str, np.ndarray]] = []  #: every prompt batch received (for tests)
+
+    def set_image(self, image: np.ndarray, image_id: int, cache_key: Optional[Hashable] = None) -> None:
+        from .data import xywh_to_xyxy
+        self.image_id, self.size = image_id, image.shape[:2]
+        anns = self.dataset.anns_by_image[image_id]
+        self.boxes = np.array([xywh_to_xyxy(a['bbox']) for a in anns], np.float64).reshape(-1, 4)
+        self.masks = [self.dataset.gt_mask(a) for a in anns]
+
+    def _answer(self, mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        mask = _shift(mask, *self.shift)
+        return np.stack([np.zeros_like(mask), mask, np.ones_like(mask)]), np.array([0.5, 0.9, 0.2], np.float32)
+
+    def predict(self, boxes=None, point_coords=None, point_labels=None) -> Tuple[np.ndarray, np.ndarray]:
+        h, w = self.size
+        out = []
+        if boxes is not None:
+            self.calls.append({'boxes': np.asarray(boxes).copy()})
+            ious = box_iou_xyxy(boxes, self.boxes)
+            for i, box in enumerate(np.asarray(boxes)):
+                j = int(ious[i].argmax()) if ious.shape[1] else -1
+                if j >= 0 and ious[i, j] >= self.min_box_iou:
+                    out.append(self._answer(self.masks[j]))
+                else:
+                    filled = np.zeros((h, w), bool)
+                    x0, y0, x1, y1 = (int(round(v)) for v in box)
+                    filled[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+                    out.append(self._answer(filled))
+        else:
+            self.calls.append({'point_coords': np.asarray(point_coords).copy(),
+                               'point_labels': np.asarray(point_labels).copy()})
+            for coords, labels in zip(np.asarray(point_coords), np.asarray(point_labels)):
+                mask = np.zeros((h, w), bool)
+                positive = [c for c, lab in zip(coords, labels) if lab == 1]
+                if positive:
+                    x, y = (int(round(v)) for v in positive[0])
+                    for m in self.masks:
+                        if 0 <= y < h and 0 <= x < w and m[y, x]:
+                            mask = m
+                            break
+                out.append(self._answer(mask))
+        return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
