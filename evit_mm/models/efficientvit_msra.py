@@ -249,6 +249,10 @@ class CascadedGroupAttention(nn.Module):
         self.register_buffer('attention_bias_idxs', relative_offset_index(window_size), persistent=False)
         self._bias_cache: torch.Tensor | None = None
         self._bias_cache_key: tuple | None = None
+        # Deploy mode (:meth:`fuse_for_deploy`): the gathered bias as a constant buffer and the 1/sqrt(key_dim)
+        # query scale folded into the query convs, so that the forward (and an ONNX graph) has neither.
+        self.deployed = False
+        self.q_scale = self.scale
 
     # --- bias cache -------------------------------------------------------------------------------------
     def clear_bias_cache(self) -> None:
@@ -266,6 +270,8 @@ class CascadedGroupAttention(nn.Module):
 
     def attention_bias(self) -> torch.Tensor:
         """The (heads, N, N) bias for one window, N = window_size**2."""
+        if self.deployed:
+            return self.deploy_bias
         table = self.attention_biases
         if (torch.is_grad_enabled() and table.requires_grad) or torch.jit.is_tracing() or _is_compiling():
             return table[:, self.attention_bias_idxs]
@@ -277,10 +283,30 @@ class CascadedGroupAttention(nn.Module):
             self._bias_cache_key = key
         return self._bias_cache
 
+    @torch.no_grad()
+    def fuse_for_deploy(self) -> None:
+        """Eval-only simplifications, applied by :meth:`EfficientViTM.fuse` after BN folding (the q convs must
+        already be plain convs): the bias is gathered once into the non-persistent buffer ``deploy_bias`` and the
+        query scale is folded into the depthwise q convs (``softmax(q k^T * s)`` = ``softmax((s q) k^T)``).
+        The module is then inference-only: later changes to ``attention_biases`` are not seen."""
+        if self.deployed:
+            return
+        for dw in self.dws:
+            if not isinstance(dw, nn.Conv2d) or dw.bias is None:
+                raise RuntimeError('fuse_for_deploy() needs the BN-folded q convs (call EfficientViTM.fuse())')
+            dw.weight.mul_(self.scale)
+            dw.bias.mul_(self.scale)
+        bias = self.attention_biases[:, self.attention_bias_idxs].detach().clone()
+        self.register_buffer('deploy_bias', bias, persistent=False)
+        self.q_scale = 1.0
+        self.deployed = True
+        self.clear_bias_cache()
+
     # --- forward ----------------------------------------------------------------------------------------
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         """CGA on a batch of windows (N, C, ws, ws), without the residual."""
-        n, _, h, w = x.shape
+        ws = self.window_size  # forward() hands over (padded) ws x ws windows only
+        length = ws * ws
         bias = self.attention_bias()
         groups = x.chunk(self.num_heads, dim=1)
         outs = []
@@ -291,14 +317,17 @@ class CascadedGroupAttention(nn.Module):
             q, k, v = qkv(feat).split(self._split, dim=1)
             q = dw(q)
             # softmax(q^T k * scale + bias) in one fused op; (n, L, L)
-            attn = torch.baddbmm(bias[i], q.flatten(2).transpose(1, 2), k.flatten(2), alpha=self.scale)
+            q = q.reshape(-1, self.key_dim, length)  # reshapes with -1 and constants: no shape ops in ONNX
+            attn = torch.baddbmm(bias[i], q.transpose(1, 2), k.reshape(-1, self.key_dim, length), alpha=self.q_scale)
             attn = attn.softmax(dim=-1)
-            feat = torch.bmm(v.flatten(2), attn.transpose(1, 2)).view(n, self.val_dim, h, w)
+            feat = torch.bmm(v.reshape(-1, self.val_dim, length), attn.transpose(1, 2)).view(-1, self.val_dim, ws, ws)
             outs.append(feat)
         return self.proj(F.relu(torch.cat(outs, dim=1), inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        # Python ints for the window arithmetic (int(): constants when traced for ONNX, where the image size is
+        # fixed anyway); the batch is left to reshape's -1 so that a dynamic batch needs no shape ops.
+        c, h, w = (int(s) for s in x.shape[1:])
         ws = self.window_size
         pad_b, pad_r = -h % ws, -w % ws
         padded = F.pad(x, (0, pad_r, 0, pad_b)) if (pad_b or pad_r) else x
@@ -307,12 +336,12 @@ class CascadedGroupAttention(nn.Module):
             y = self._attend(padded)
             return x + (y[:, :, :h, :w] if (pad_b or pad_r) else y)
         # (B, C, nh*ws, nw*ws) -> (B*nh*nw, C, ws, ws): a single copy
-        windows = padded.reshape(b, c, nh, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, ws, ws)
-        y = self._attend(windows).view(b, nh, nw, c, ws, ws).permute(0, 3, 1, 4, 2, 5)
+        windows = padded.reshape(-1, c, nh, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, ws, ws)
+        y = self._attend(windows).view(-1, nh, nw, c, ws, ws).permute(0, 3, 1, 4, 2, 5)
         if pad_b or pad_r:
-            return x + y.reshape(b, c, nh * ws, nw * ws)[:, :, :h, :w]
+            return x + y.reshape(-1, c, nh * ws, nw * ws)[:, :, :h, :w]
         # no padding: add in the 6-d window layout, the sum comes out contiguous in x's (B, C, H, W) order
-        return (x.reshape(b, c, nh, ws, nw, ws) + y).reshape(b, c, h, w)
+        return (x.reshape(-1, c, nh, ws, nw, ws) + y).reshape(-1, c, h, w)
 
     def extra_repr(self) -> str:
         return f'heads={self.num_heads}, key_dim={self.key_dim}, val_dim={self.val_dim}, window={self.window_size}'
@@ -508,8 +537,9 @@ class EfficientViTM(nn.Module):
         """Deploy mode, in place: fold every BatchNorm into the conv before it (and the identity of the
         residual depthwise convs into their kernels), using the current running statistics.
 
-        Outputs equal the eval-mode outputs of the unfused model up to rounding.  The fused model is meant for
-        inference: it has no BatchNorm left, its state dict uses the fused layout, and it cannot load
+        The attention layers also get their eval-only form (:meth:`CascadedGroupAttention.fuse_for_deploy`: a
+        constant bias, the query scale folded into the q convs).  Outputs equal the eval-mode outputs of the
+        unfused model up to rounding.  The fused model is meant for inference: it has no BatchNorm left, its state dict uses the fused layout, and it cannot load
         checkpoints any more.  Returns ``self``.
         """
         if self.deployed:
@@ -523,6 +553,9 @@ class EfficientViTM(nn.Module):
                     _fuse(child)
 
         _fuse(self)
+        for module in self.modules():
+            if isinstance(module, CascadedGroupAttention):
+                module.fuse_for_deploy()
         self.deployed = True
         return self
 

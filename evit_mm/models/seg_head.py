@@ -27,9 +27,9 @@ from torch import nn
 
 from .checkpoint import load_state_dict_strict, read_checkpoint
 from .efficientvit_mit import (ActType, ConvNormAct, FusedMBConv, MBConv, OpSequence, Residual,
-                               _autocast_enabled, split_mit_state_dict)
+                               _autocast_enabled, build_efficientvit_backbone, split_mit_state_dict)
 
-__all__ = ['EfficientViTSegHead', 'BicubicUpsample', 'SEG_HEAD_CONFIGS', 'seg_head_config']
+__all__ = ['EfficientViTSegHead', 'EfficientViTSeg', 'BicubicUpsample', 'SEG_HEAD_CONFIGS', 'seg_head_config']
 
 
 class BicubicUpsample(nn.Module):
@@ -246,4 +246,33 @@ class EfficientViTSegHead(nn.Module):
             if any(k.startswith('op_list.') for k in head):
                 raise ValueError(f'{name} is a classification checkpoint: its head is a ClsHead, not a SegHead')
         load_state_dict_strict(self, head, source=name)
+        return self
+
+
+class EfficientViTSeg(nn.Module):
+    """A whole segmentation network, image -> stride-8 logits: ``backbone`` (EfficientViT-B/L) -> ``head``.
+
+    The reference's ``EfficientViTSeg`` without mmseg (its keys: ``backbone.*``, ``head.*``, so an official seg
+    checkpoint loads with ``load_state_dict``). It is what the benchmark times and what
+    :func:`evit_mm.onnx.export_onnx` exports for a segmentation model; training and evaluation go through the
+    mmseg adapter, which builds the same two modules.
+    """
+
+    def __init__(self, config: str = 'b1_cityscapes', **head_overrides):
+        super().__init__()
+        cfg = seg_head_config(config, **head_overrides)
+        arch = config.lower().replace('-', '_').replace('efficientvit_seg_', '').replace('efficientvit_', '')
+        arch = arch.split('_')[0]
+        self.config = config
+        self.backbone = build_efficientvit_backbone(arch, norm_eps=cfg['norm_eps'])
+        self.head = EfficientViTSegHead(**cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    @torch.no_grad()
+    def fuse(self) -> 'EfficientViTSeg':
+        """Fold every BatchNorm of the backbone and the head into its conv (inference only). Returns ``self``."""
+        self.backbone.fuse()
+        self.head.fuse()
         return self

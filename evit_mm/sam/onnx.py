@@ -18,19 +18,22 @@ selection), with two changes: coordinates and masks live in the 1024 *prompt* fr
 embedding over the prompt batch instead of calling ``repeat_interleave`` (which TensorRT and other consumers
 reject: reference issue #78), and crops without ``int()`` on tensors (which the tracer would freeze).
 
-:func:`export_encoder` / :func:`export_decoder` write the files; :func:`check_onnx` runs a file in onnxruntime.
+:func:`export_encoder` / :func:`export_decoder` write the files; :func:`check_onnx` (from :mod:`evit_mm.onnx`) runs
+a file in onnxruntime. Export ``evit_mm.deploy(model, channels_last=False)`` to get the BN-folded encoder.
 """
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.utils.onnx import SamOnnxModel
 from torch import nn
+
+from ..onnx import check_onnx  # noqa: F401  (shared with the backbone/seg exports; part of this module's API)
 
 __all__ = ['SamEncoderOnnxModel', 'SamDecoderOnnxModel', 'export_encoder', 'export_decoder', 'decoder_inputs',
            'check_onnx', 'ENCODER_INPUTS', 'ENCODER_OUTPUTS', 'DECODER_INPUTS', 'DECODER_OUTPUTS']
@@ -171,23 +174,3 @@ def export_decoder(model, path: str, return_single_mask: bool = False, opset: in
             torch.tensor([1500.0, 2250.0]))
     axes = {'point_coords': {1: 'num_points'}, 'point_labels': {1: 'num_points'}}
     return _export(wrapper, args, path, DECODER_INPUTS, DECODER_OUTPUTS, axes, opset, dynamo)
-
-
-def check_onnx(path: str, feeds: Dict[str, np.ndarray], expected: Optional[Sequence] = None,
-               atol: float = 1e-4) -> Tuple[list, float]:
-    """Run ``path`` in onnxruntime (CPU) on ``feeds``; with ``expected`` (PyTorch outputs), return the largest
-    absolute difference and raise ``AssertionError`` if it exceeds ``atol``."""
-    import onnxruntime as ort
-    sess = ort.InferenceSession(os.fspath(path), providers=['CPUExecutionProvider'])
-    names = {i.name for i in sess.get_inputs()}
-    outs = sess.run(None, {k: v for k, v in feeds.items() if k in names})
-    diff = 0.0
-    if expected is not None:
-        for o, e in zip(outs, expected):
-            e = e.detach().cpu().numpy() if isinstance(e, torch.Tensor) else np.asarray(e)
-            if o.shape != e.shape:
-                raise AssertionError(f'onnxruntime output shape {o.shape} != PyTorch {e.shape}')
-            diff = max(diff, float(np.abs(o.astype(np.float64) - e).max()) if o.size else 0.0)
-        if diff > atol:
-            raise AssertionError(f'onnxruntime differs from PyTorch by {diff:.3g} > {atol}')
-    return outs, diff

@@ -1,0 +1,96 @@
+"""Deploy mode for evit_mm models: ``evit_mm.deploy(model)``.
+
+One call turns a trained model (a backbone, an mmdet/mmseg model holding one, a seg head, an EfficientViT-SAM
+image encoder, or any ``nn.Module`` containing them) into its inference form:
+
+1. **BatchNorm folding.**  Every evit_mm module with a ``fuse()`` method folds its BatchNorms into the preceding
+   convs (EfficientViT-M also folds the identity of its residual depthwise convs into their kernels).
+2. **Eval-only simplifications.**  EfficientViT-M's attention gathers its relative-position bias once into a
+   constant buffer and has the ``1/sqrt(key_dim)`` query scale folded into the query convs.
+3. **channels_last** (default on).  Every 4-d weight is stored NHWC.  oneDNN's CPU convolutions (and cuDNN's under
+   AMP) are faster in that layout: on the 2-core Xeon of docs/benchmarks.md the depthwise 3x3 convs run 2.5x and
+   the stride-2 patch-embedding convs 1.3-1.6x faster, which is most of evit_mm's lead over timm there.  Inputs
+   may stay NCHW: the first convolution switches the layout because its weight is NHWC.  Outputs are
+   channels_last tensors (same values and shapes; call ``.contiguous()`` before ``.view()`` on them).
+4. **torch.compile** (optional, ``compile=True``).
+
+The model is put in eval mode and changed in place (the returned module is the same object unless compiled).
+The result is for inference only: its state dict has the fused layout and it cannot load checkpoints any more.
+Outputs agree with the eval-mode model to float rounding (about 1e-6 relative; ``tests/test_deploy.py``).
+"""
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+__all__ = ['deploy', 'fuse_model', 'is_deployed']
+
+
+def _fusable(module: nn.Module) -> bool:
+    """evit_mm's own modules with an in-place ``fuse()``.  Other libraries' ``fuse()`` methods (timm's return a
+    new module) are never called."""
+    return type(module).__module__.startswith('evit_mm.') and callable(getattr(module, 'fuse', None))
+
+
+@torch.no_grad()
+def fuse_model(model: nn.Module) -> int:
+    """Call ``fuse()`` on the outermost evit_mm modules that have one, in place.  Returns how many were fused."""
+    count = 0
+
+    def visit(module: nn.Module) -> None:
+        nonlocal count
+        if _fusable(module):
+            module.fuse()
+            count += 1
+            return
+        for child in module.children():
+            visit(child)
+
+    visit(model)
+    return count
+
+
+def is_deployed(model: nn.Module) -> bool:
+    """Whether :func:`deploy` was applied to ``model``."""
+    return bool(getattr(model, '_evit_mm_deployed', False))
+
+
+def deploy(model: nn.Module, channels_last: bool = True, compile: bool = False,
+           compile_kwargs: Optional[dict[str, Any]] = None) -> nn.Module:
+    """The inference form of ``model`` (see the module docstring): eval mode, BNs folded, attention biases
+    constant, NHWC weights (``channels_last``), optionally ``torch.compile``-d (``compile_kwargs`` go to
+    ``torch.compile``).  Works in place; returns the model (or its compiled wrapper).
+
+    Raises ``ValueError`` when the model holds no evit_mm module that can be fused (deploying anything else is
+    most likely a mistake: use ``torch.compile`` directly).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f'deploy() takes an nn.Module, got {type(model).__name__}')
+    model.eval()
+    if not is_deployed(model):
+        if fuse_model(model) == 0 and not any(getattr(m, 'deployed', False) or getattr(m, 'fused', False)
+                                              for m in model.modules()):
+            raise ValueError(f'{type(model).__name__} contains no evit_mm model with a fuse() method '
+                             '(EfficientViTM, EfficientViTB/L, EfficientViTSegHead, the SAM image encoder, ...)')
+        model._evit_mm_deployed = True
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compile:
+        return torch.compile(model, **(compile_kwargs or {}))
+    return model
+
+
+class _CallableModule(types.ModuleType):
+    """Importing the submodule ``evit_mm.deploy`` makes Python set the package attribute ``evit_mm.deploy`` to this
+    module, which would shadow the function of the same name that ``evit_mm.__getattr__`` offers.  Making the
+    module callable keeps ``evit_mm.deploy(model)`` working whichever was imported first."""
+
+    def __call__(self, *args, **kwargs):
+        return deploy(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,185 @@
+"""evit_mm.deploy (BN folding, constant attention biases, channels_last) and evit_mm.onnx (export + onnxruntime
+check). No timing here: speed is measured by tools/benchmark.py."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import randomize_batchnorm_, run_python
+
+import evit_mm
+from evit_mm.models import EfficientViTB, EfficientViTL, EfficientViTM, EfficientViTSeg
+from evit_mm.models.efficientvit_msra import CascadedGroupAttention
+
+
+def _photo(n, h, w):
+    """Real photographs (scikit-image's astronaut and coffee), resized and normalised like ImageNet inputs."""
+    from skimage import data
+    imgs = [data.astronaut(), data.coffee()]
+    x = torch.cat([torch.nn.functional.interpolate(
+        torch.from_numpy(imgs[i % 2].copy()).permute(2, 0, 1)[None].float() / 255, size=(h, w), mode='bilinear',
+        align_corners=False) for i in range(n)])
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def _randomize(model, seed=0):
+    """Non-trivial BN statistics and scales and non-zero attention biases, so that folding is exercised."""
+    randomize_batchnorm_(model, seed, weights=True)
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if 'attention_biases' in name:
+            p.copy_(torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def _outputs(out):
+    return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+
+
+def _assert_close_rel(got, want, rtol=1e-4):
+    for g, w in zip(_outputs(got), _outputs(want)):
+        assert g.shape == w.shape
+        scale = w.abs().max().item()
+        assert scale > 0
+        err = (g - w).abs().max().item()
+        assert err <= rtol * scale, f'deploy differs by {err:.3g} (max |output| {scale:.3g})'
+
+
+@pytest.mark.parametrize('factory, size', [
+    (lambda: EfficientViTM('m0'), (96, 128)),        # 6x8 map at stride 16: padded 7x7 windows
+    (lambda: EfficientViTM('m4', window_size=(7, 7, 4)), (224, 224)),
+    (lambda: EfficientViTB('b0'), (128, 96)),        # both LiteMLA paths (linear at stride 16, quadratic at 32)
+    (lambda: EfficientViTL('l0'), (160, 224)),
+    (lambda: EfficientViTSeg('b0_cityscapes'), (64, 128)),
+])
+def test_deploy_keeps_outputs(factory, size):
+    model = _randomize(factory())
+    x = _photo(2, *size)
+    with torch.no_grad():
+        want = model(x)
+        deployed = evit_mm.deploy(copy.deepcopy(model))
+        got = deployed(x)
+    _assert_close_rel(got, want)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in deployed.modules())
+    convs = [m for m in deployed.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in _outputs(got) if o.dim() == 4)
+    assert not deployed.training
+
+
+def test_deploy_nchw_and_idempotent():
+    model = _randomize(EfficientViTM('m0'))
+    x = _photo(1, 112, 112)
+    with torch.no_grad():
+        want = model(x)
+        deployed = evit_mm.deploy(copy.deepcopy(model), channels_last=False)
+        once = deployed(x)
+        assert evit_mm.deploy(deployed, channels_last=False) is deployed  # a second call changes nothing
+        twice = deployed(x)
+    _assert_close_rel(once, want)
+    for a, b in zip(once, twice):
+        assert torch.equal(a, b) and a.is_contiguous()
+    from evit_mm.deploy import is_deployed
+    assert is_deployed(deployed) and not is_deployed(model)
+
+
+def test_cga_deploy_folds_the_bias_and_the_query_scale():
+    model = _randomize(EfficientViTM('m0'))
+    deployed = evit_mm.deploy(copy.deepcopy(model), channels_last=False)
+    attn = [m for m in deployed.modules() if isinstance(m, CascadedGroupAttention)]
+    assert attn and all(a.deployed and a.q_scale == 1.0 for a in attn)
+    for a, ref in zip(attn, (m for m in model.modules() if isinstance(m, CascadedGroupAttention))):
+        assert torch.equal(a.deploy_bias, ref.attention_biases[:, ref.attention_bias_idxs])
+        assert 'deploy_bias' not in a.state_dict()  # not persistent: the state dict keeps its layout
+        # the constant bias is what the forward uses, even if the table changes afterwards
+        with torch.no_grad():
+            a.attention_biases.add_(1.0)
+        assert a.attention_bias() is a.deploy_bias
+
+
+def test_deploy_finds_the_backbone_inside_another_model():
+    class Detector(nn.Module):  # stands for an mmdet/mmseg model holding an evit_mm backbone
+        def __init__(self):
+            super().__init__()
+            self.backbone = EfficientViTM('m0')
+            self.neck = nn.Sequential(nn.Conv2d(192, 8, 1), nn.BatchNorm2d(8))
+
+        def forward(self, x):
+            return self.neck(self.backbone(x)[-1])
+
+    model = _randomize(Detector())
+    x = _photo(1, 128, 128)
+    with torch.no_grad():
+        want = model(x)
+        got = evit_mm.deploy(copy.deepcopy(model))(x)
+    _assert_close_rel(got, want)
+
+
+def test_deploy_rejects_models_without_evit_mm_parts():
+    with pytest.raises(ValueError, match='no evit_mm model'):
+        evit_mm.deploy(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    with pytest.raises(TypeError, match='nn.Module'):
+        evit_mm.deploy('efficientvit_m0')
+
+
+def test_import_stays_light_and_deploy_is_lazy():
+    code = ('import sys, evit_mm; assert "torch" not in sys.modules, "import evit_mm imported torch"; '
+            'f = evit_mm.deploy; import evit_mm.deploy as mod; '
+            'from evit_mm import deploy; assert callable(evit_mm.deploy) and callable(deploy); print("ok")')
+    res = run_python(code)
+    assert res.returncode == 0 and 'ok' in res.stdout, res.stderr
+
+
+# ------------------------------------------------------------------------------------------------------ ONNX
+@pytest.mark.parametrize('name, factory, size', [
+    ('m0', lambda: EfficientViTM('m0'), (64, 96)),
+    ('b0', lambda: EfficientViTB('b0'), (128, 96)),
+    ('seg_b0', lambda: EfficientViTSeg('b0_cityscapes'), (64, 128)),
+])
+def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path, name, factory, size):
+    pytest.importorskip('onnxruntime')
+    from evit_mm.onnx import export_onnx, ort_session
+    model = _randomize(factory())
+    result = export_onnx(model, tmp_path / f'{name}.onnx', img_size=size, atol=1e-4)
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    assert result.max_abs_diff_deploy <= 1e-4
+    # dynamic batch: another batch size, real photographs, against the original model
+    x = _photo(3, *size)
+    with torch.no_grad():
+        want = _outputs(model(x))
+    outs = ort_session(result.path, threads=1).run(None, {'input': x.numpy()})
+    assert len(outs) == len(want) == len(result.output_names)
+    for o, w in zip(outs, want):
+        assert o.shape == tuple(w.shape)
+        assert np.abs(o - w.numpy()).max() <= 1e-4 * max(1.0, w.abs().max().item())
+
+
+def test_onnx_graph_is_simple(tmp_path):
+    """No BatchNorm and no gather from the bias tables (the deploy form's bias is a constant)."""
+    onnx = pytest.importorskip('onnx')
+    from evit_mm.onnx import export_onnx
+    result = export_onnx(_randomize(EfficientViTM('m0', out_indices=(2,))), tmp_path / 'm0.onnx', img_size=224,
+                         check=False)
+    graph = onnx.load(result.path).graph
+    ops = {n.op_type for n in graph.node}
+    assert 'Conv' in ops and 'Softmax' in ops
+    assert 'BatchNormalization' not in ops
+    assert not [i.name for i in graph.initializer if 'attention_biases' in i.name]
+
+
+def test_onnx_check_fails_on_a_wrong_reference(tmp_path):
+    pytest.importorskip('onnxruntime')
+    from evit_mm.onnx import check_onnx, export_onnx
+    model = _randomize(EfficientViTM('m0', out_indices=(2,)))
+    result = export_onnx(model, tmp_path / 'm0.onnx', img_size=64, check=False)
+    x = _photo(1, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    check_onnx(result.path, {'input': x.numpy()}, want)  # passes
+    with pytest.raises(AssertionError, match='differs'):
+        check_onnx(result.path, {'input': x.numpy()}, [want[0] + 1e-2])
