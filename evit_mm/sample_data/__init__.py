@@ -11,3 +11,6 @@ __all__ = ['make_coins_coco', 'coins_coco_paths', 'coco_cfg_options', 'segment_c
 from .zero_shot import make_zero_shot_sets  # noqa: E402
 
 __all__ += ['make_zero_shot_sets']
+from .sa1b import make_sa1b_sample  # noqa: E402
+
+__all__ += ['make_sa1b_sample']
