@@ -104,3 +104,57 @@ def test_tool_lvis_with_efficientvit_sam_l0(sets, tmp_path, capsys):
     assert res['box']['count'] == PROMPTED['lvis'] and res['detector']['detections'] == DETECTIONS['lvis']
     assert {k: v['count'] for k, v in res['issues'].items()} == ISSUES['lvis']
     assert len(os.listdir(out / 'vis')) == 3
+
+
+def test_metric_in_mmdets_test_loop_equals_cocometric(tmp_path, coins_coco, monkeypatch):
+    """SamZeroShotMetric inside an mmengine Runner's test loop, next to mmdet's own CocoMetric, on BoxPromptedSAM's
+    predictions (detector boxes -> SAM masks): both must report the same segm AP. The detector is replaced by
+    one that returns the ground-truth boxes, and SAM's masks by its prompt boxes filled (so that the AP is
+    neither 0 nor 1 on round coins)."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    from mmengine.structures import InstanceData
+
+    import evit_mm.mmdet  # noqa: F401
+    import evit_mm.sam.zero_shot.metric  # noqa: F401
+    from evit_mm.sam.predictor import EfficientViTSamPredictor
+    from evit_mm.sample_data import coco_cfg_options
+    from conftest import ROOT
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', 'efficientvit_sam',
+                                       'box-prompted-sam-l0_retinanet-efficientvit-m0_coins.py'))
+    cfg.merge_from_dict(coco_cfg_options(coins_coco))
+    cfg.test_dataloader.num_workers = 0
+    cfg.test_dataloader.persistent_workers = False
+    cfg.test_evaluator = [dict(type='CocoMetric', ann_file=coins_coco['val_ann'], metric=['segm']),
+                          dict(type='SamZeroShotMetric', ann_file=coins_coco['val_ann'], modes=['detector'])]
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = Runner.from_cfg(cfg)
+    gt = json.load(open(coins_coco['val_ann']))
+
+    def gt_box_detector(inputs, samples, rescale=True):
+        for sample in samples:
+            boxes = [[x, y, x + w, y + h] for a in gt['annotations'] if a['image_id'] == sample.img_id
+                     for x, y, w, h in [a['bbox']]]
+            n = len(boxes)
+            sample.pred_instances = InstanceData(bboxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                                                 scores=torch.linspace(0.9, 0.5, n), labels=torch.zeros(n).long())
+        return samples
+
+    def box_painting_predict_torch(self, boxes=None, multimask_output=True, return_logits=False,
+                                   image_index=None, **kwargs):
+        h, w = self.original_sizes[image_index]
+        scale = max(h, w) / self.prompt_size
+        ys, xs = torch.arange(h)[:, None] + 0.5, torch.arange(w)[None, :] + 0.5
+        masks = [((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)).float() * 2 - 1
+                 for x0, y0, x1, y1 in (boxes.reshape(-1, 4) * scale).tolist()]
+        logits = torch.stack(masks)[:, None].repeat(1, 3 if multimask_output else 1, 1, 1)
+        return logits, torch.rand(len(masks), logits.shape[1]), None
+
+    monkeypatch.setattr(runner.model.detector, 'predict', gt_box_detector)
+    monkeypatch.setattr(EfficientViTSamPredictor, 'predict_torch', box_painting_predict_torch)
+    metrics = runner.test()
+    ours = metrics['sam_zero_shot/detector/AP']
+    assert 0.05 < ours < 0.95
+    assert ours == pytest.approx(metrics['coco/segm_mAP'], abs=5e-4)  # CocoMetric rounds to 3 decimals
+    assert metrics['sam_zero_shot/detector/AP50'] == pytest.approx(metrics['coco/segm_mAP_50'], abs=5e-4)
