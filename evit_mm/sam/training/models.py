@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.registry import MODELS
 
@@ -82,6 +83,7 @@ def load_sam_weights(sam: EfficientViTSam, path: str) -> None:
     if any(k.startswith('sam.') for k in state_dict):
         state_dict = {k[len('sam.'):]: v for k, v in state_dict.items() if k.startswith('sam.')}
     load_efficientvit_sam_checkpoint(sam, state_dict)
+    print_log(f'EfficientViT-SAM weights loaded from {path} (strict)', logger='current')
 
 
 class _SamTrainModel(BaseModel):
