@@ -265,7 +265,7 @@ def test_bad_files_give_clear_errors(sets, tmp_path):
     with pytest.raises(ValueError, match='expected a COCO/LVIS json object, got a list'):
         ZeroShotDataset(str(tmp_path / 'dets.json'), '.')
     (tmp_path / 'partial.json').write_text('{"images": [], "categories": []}')
-    with pytest.raises(ValueError, match=r"partial.json: not a COCO/LVIS instances json: missing key\(s\) \['annotations'\]"):
+    with pytest.raises(ValueError, match=r"partial.json: not a COCO/LVIS .*: missing key\(s\) \['annotations'\]"):
         ZeroShotDataset(str(tmp_path / 'partial.json'), '.')
     ds = ZeroShotDataset(sets['coco_ann'], sets['coco_img'])
     with pytest.raises(ValueError, match='looks like an annotation json'):
@@ -385,3 +385,39 @@ def test_core_needs_no_mm_library_and_the_metric_only_mmengine():
                    'print(sorted(m for m in ("mmengine", "mmcv", "mmdet", "mmseg", "mmagic") if m in sys.modules))')
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "['mmengine']"
+
+
+def test_every_kind_of_bad_annotation_and_image_is_counted(tmp_path):
+    """One entry per kind of problem, each counted under its own name with a message naming the entry."""
+    from PIL import Image
+    from skimage import data
+    image = data.astronaut()[:64, :80]
+    for name in ('ok.png', 'small.png'):
+        Image.fromarray(image if name == 'ok.png' else image[:32]).save(tmp_path / name)
+    (tmp_path / 'corrupt.png').write_bytes(b'not a png')
+    seg = encode_mask(rect((64, 80), 10, 19, 10, 29))
+    good = {'image_id': 1, 'category_id': 1, 'bbox': [10, 10, 20, 10], 'area': 200, 'segmentation': seg}
+    anns = [dict(good, id=1),
+            dict(good, id=2, area=0.5),                                        # zero_area
+            dict(good, id=3, bbox=[10, 10, float('nan'), 10]),                 # degenerate_box
+            {k: v for k, v in dict(good, id=4).items() if k != 'segmentation'},  # malformed_annotation
+            dict(good, id=5, image_id=99),                                     # annotation_unknown_image
+            dict(good, id=6, bbox=[200, 200, 10, 10]),                         # box_outside_image (at run time)
+            dict(good, id=7, segmentation=[[1, 1, 2, 2, 3, 3]]),               # empty_mask (collinear polygon)
+            dict(good, id=8, image_id=2), dict(good, id=9, image_id=3), dict(good, id=10, image_id=4)]
+    images = [{'id': 1, 'file_name': 'ok.png', 'height': 64, 'width': 80},
+              {'id': 2, 'file_name': 'small.png', 'height': 64, 'width': 80},    # image_size_mismatch
+              {'id': 3, 'file_name': 'corrupt.png', 'height': 64, 'width': 80},  # unreadable_image
+              {'id': 4, 'file_name': 'gone.png', 'height': 64, 'width': 80}]     # missing_image
+    ann_file = tmp_path / 'bad.json'
+    json.dump({'images': images, 'annotations': anns, 'categories': [{'id': 1, 'name': 'x'}]}, open(ann_file, 'w'))
+    ds = ZeroShotDataset(str(ann_file), str(tmp_path))
+    records, res = run(ds, OracleSegmenter(ds), tmp_path / 'r.jsonl', modes=('box', 'points'))
+    assert {k: v['count'] for k, v in res['issues'].items()} == {
+        'zero_area': 1, 'degenerate_box': 1, 'malformed_annotation': 1, 'annotation_unknown_image': 1,
+        'box_outside_image': 1, 'empty_mask': 1, 'image_size_mismatch': 1, 'unreadable_image': 1,
+        'missing_image': 1}
+    assert res['box']['count'] == 1 and res['box']['mIoU'] == 100 and res['images_evaluated'] == 1
+    assert 'annotation id 2' in res['issues']['zero_area']['examples'][0]
+    assert 'gone.png not found' in res['issues']['missing_image']['examples'][0]
+    assert 'small.png is 80x32' in res['issues']['image_size_mismatch']['examples'][0]

@@ -30,7 +30,6 @@ import os.path as osp
 import sys
 import time
 
-import numpy as np
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 

@@ -14,7 +14,7 @@ reference does with ``multimask_output=True``. Implementations:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Hashable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Dict, Hashable, List, Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 

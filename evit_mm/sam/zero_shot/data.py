@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import os.path as osp
 from collections import Counter, defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple

@@ -404,5 +404,6 @@ def format_table(results: Dict[str, Any]) -> str:
         lines += ['', f'mask AP: {extra}']
     if results['issues']:
         lines += ['', 'inputs not evaluated as given (counted, see results json for examples):']
-        lines += [f'  {k}: {v["count"]} ({v["meaning"]}); e.g. {v["examples"][0]}' for k, v in results['issues'].items()]
+        lines += [f'  {k}: {v["count"]} ({v["meaning"]}); e.g. {v["examples"][0]}'
+                  for k, v in results['issues'].items()]
     return '\n'.join(lines)
