@@ -94,6 +94,19 @@ def test_clicker_ties_clicked_pixels_and_perfect_predictions():
     assert Clicker(gt).next_click(gt) is None
 
 
+def test_distance_transform_equals_opencvs_on_real_masks(sets):
+    """The clicker's distances (scipy, exact EDT, border padded) are the reference's cv2.distanceTransform(DIST_L2,
+    DIST_MASK_PRECISE) of the padded mask, on the coin masks of the sample set."""
+    import cv2
+    from evit_mm.sam.zero_shot import padded_distance
+    ds = ZeroShotDataset(sets['coco_ann'], sets['coco_img'])
+    masks = [ds.gt_mask(a) for i in ds.image_ids for a in ds.anns_by_image[i]]
+    masks.append(np.ones_like(masks[0]))  # a mask that fills the image: only the border bounds it
+    for mask in masks:
+        ref = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        np.testing.assert_allclose(padded_distance(mask), ref, rtol=1e-6, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # hand-computed IoUs and APs: rectangles on a real photograph, an oracle that shifts the ground truth by 4 px
 # ----------------------------------------------------------------------------------------------------------------
