@@ -351,3 +351,71 @@ def test_validation_photographs_are_not_training_photographs():
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 144
     with pytest.raises(ValueError, match='no photograph'):
         load_photo('not_a_photo')
+
+
+def test_div2k_sub_images_match_mmagics_converter(sr_data, tmp_path, monkeypatch):
+    """mmagic's own DIV2K converter (tools/dataset_converters/div2k/preprocess_div2k_dataset.py, shipped in the
+    mmagic package) run on the raw tiny DIV2K writes exactly the sub-images and annotation files of the sample.
+    The converter imports lmdb at module level (only for its --make-lmdb option); a stub stands in for it."""
+    import importlib.util
+    import types
+    from argparse import Namespace
+
+    import cv2
+    import mmagic
+    monkeypatch.setitem(sys.modules, 'lmdb', types.ModuleType('lmdb'))
+    script = osp.join(osp.dirname(mmagic.__file__), '.mim', 'tools', 'dataset_converters', 'div2k',
+                      'preprocess_div2k_dataset.py')
+    spec = importlib.util.spec_from_file_location('mmagic_div2k_converter', script)
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+
+    ours = osp.join(sr_data, 'DIV2K')
+    theirs = str(tmp_path / 'DIV2K')
+    for folder in ('DIV2K_train_HR', 'DIV2K_train_LR_bicubic/X2', 'DIV2K_train_LR_bicubic/X4'):
+        os.makedirs(osp.join(theirs, folder))
+        for f in os.listdir(osp.join(ours, folder)):
+            os.link(osp.join(ours, folder, f), osp.join(theirs, folder, f))
+    jobs = [('DIV2K_train_HR', 96, 48)] + [(f'DIV2K_train_LR_bicubic/X{s}', 96 // s, 48 // s) for s in (2, 4)]
+    for folder, crop, step in jobs:  # what its main_extract_subimages does, without the process pool
+        opt = dict(crop_size=crop, step=step, thresh_size=0, compression_level=3,
+                   save_folder=osp.join(theirs, folder.replace('_HR', '_HR_sub') if folder.endswith('_HR')
+                                        else folder + '_sub'))
+        os.makedirs(opt['save_folder'])
+        for f in sorted(os.listdir(osp.join(theirs, folder))):
+            converter.worker(osp.join(theirs, folder, f), opt)
+    converter.generate_anno_file(Namespace(data_root=theirs, anno_train_path='meta_info_DIV2K800sub_GT.txt',
+                                           anno_test_path='meta_info_DIV2K100sub_GT.txt', crop_size=96))
+    for folder in ('DIV2K_train_HR_sub', 'DIV2K_train_LR_bicubic/X2_sub', 'DIV2K_train_LR_bicubic/X4_sub'):
+        names = sorted(os.listdir(osp.join(theirs, folder)))
+        assert names == sorted(os.listdir(osp.join(ours, folder))), folder
+        for n in names:
+            np.testing.assert_array_equal(cv2.imread(osp.join(theirs, folder, n)),
+                                          cv2.imread(osp.join(ours, folder, n)))
+    for ann in ('meta_info_DIV2K800sub_GT.txt', 'meta_info_DIV2K100sub_GT.txt'):
+        assert open(osp.join(theirs, ann)).read() == open(osp.join(ours, ann)).read()
+
+
+@pytest.mark.slow
+def test_benchmark_tool_smoke(tmp_path):
+    """tools/benchmark_sr.py at a tiny size: every model runs, peers come from mmagic's configs, speed-ups are
+    computed against the paired EfficientViT-SR."""
+    import json
+    sys.path.insert(0, TOOLS)
+    try:
+        import benchmark_sr
+    finally:
+        sys.path.remove(TOOLS)
+    out = str(tmp_path / 'bench.json')
+    benchmark_sr.main(['--sizes', '24x32', '--threads', '1', '--warmup', '0', '--duration', '0', '--repeats', '1',
+                       '--devices', 'cpu', '--json', out])
+    report = json.load(open(out))
+    rows = {r['model']: r for r in report['results']}
+    assert set(rows) == set(benchmark_sr.ALL_MODELS)
+    assert rows['swinir-light']['output_shape'] == rows['evit-sr-light']['output_shape'] == [1, 3, 48, 64]
+    assert rows['restormer']['output_shape'] == [1, 3, 24, 32]  # no upsampler: timed at the LR size
+    assert rows['swinir-light']['vs'] == 'evit-sr-light' and rows['restormer']['vs'] == 'evit-sr-highres'
+    assert all(r['latency_s'] > 0 for r in rows.values())
+    # the peers are mmagic's published hyper-parameters
+    assert report['models']['swinir-light']['params_m'] == pytest.approx(0.91, abs=0.01)
+    assert report['models']['restormer']['params_m'] == pytest.approx(26.1, abs=0.1)

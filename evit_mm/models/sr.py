@@ -38,7 +38,6 @@ config uses, produces exactly that.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
