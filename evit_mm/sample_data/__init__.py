@@ -14,3 +14,6 @@ __all__ += ['make_zero_shot_sets']
 from .sa1b import make_sa1b_sample  # noqa: E402
 
 __all__ += ['make_sa1b_sample']
+from .sr import make_div2k_sample, make_ffhq_sample, make_sr_testset  # noqa: E402
+
+__all__ += ['make_div2k_sample', 'make_sr_testset', 'make_ffhq_sample']
