@@ -33,7 +33,9 @@ __all__ = ['deploy', 'fuse_model', 'is_deployed']
 def _fusable(module: nn.Module) -> bool:
     """evit_mm's own modules with an in-place ``fuse()``.  Other libraries' ``fuse()`` methods (timm's return a
     new module) are never called."""
-    return type(module).__module__.startswith('evit_mm.') and callable(getattr(module, 'fuse', None))
+    # a method defined on the class (a submodule may be *named* fuse, e.g. EfficientViTSR's fuse conv)
+    return type(module).__module__.startswith('evit_mm.') and isinstance(getattr(type(module), 'fuse', None),
+                                                                         types.FunctionType)
 
 
 @torch.no_grad()

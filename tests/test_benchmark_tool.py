@@ -59,18 +59,19 @@ def test_runs_and_writes_json_table_and_png(bench, tmp_path, capsys):
     rows = result['results']
     got = {(r['model'], r['impl'], r['mode']) for r in rows}
     assert got == {('efficientvit_m0', 'evit_mm', 'eager'), ('efficientvit_m0', 'evit_mm', 'deploy'),
-                   ('efficientvit_m0', 'timm', 'eager'), ('efficientvit_m0', 'timm', 'fused'),
-                   ('mobilenetv3_large_100', 'timm', 'eager')}
+                   ('efficientvit_m0', 'evit_mm', 'onnx'), ('efficientvit_m0', 'timm', 'eager'),
+                   ('efficientvit_m0', 'timm', 'fused'), ('efficientvit_m0', 'timm', 'onnx'),
+                   ('mobilenetv3_large_100', 'mobilenetv3', 'eager'), ('mobilenetv3_large_100', 'mobilenetv3', 'onnx')}
     for row in rows:
         assert row['images_per_s'] > 0 and row['ms_per_batch'] > 0 and row['batch_size'] == 2
         assert row['threads'] == 1 and row['device'] == 'cpu' and len(row['windows']) == 1
         assert row['macs'] > 0 and row['params'] > 0
         if row['role'] == 'model':
-            assert row['max_abs_diff'] < 1e-3  # same weights, same function
+            assert row['max_abs_diff'] < 1e-4  # same weights, same function (onnxruntime included)
     ratios = result['ratios']
     assert len(ratios) == 1
-    assert {'eager/timm', 'deploy/timm', 'deploy/timm_fused', 'eager/mobilenetv3',
-            'deploy/mobilenetv3'} <= set(ratios[0])
+    assert {'eager/timm', 'deploy/timm', 'deploy/timm_fused', 'onnx/timm_onnx', 'eager/mobilenetv3',
+            'deploy/mobilenetv3', 'onnx/mobilenetv3_onnx', 'onnx/deploy'} <= set(ratios[0])
     assert all(v > 0 for k, v in ratios[0].items() if '/' in k)
 
     assert '| efficientvit_m0 |' in (out / 'benchmark.md').read_text()
@@ -88,6 +89,38 @@ def test_unknown_model_lists_the_known_ones(bench, capsys):
     err = capsys.readouterr().err
     assert 'efficientvit_m9' in err
     assert all(f'efficientvit_m{i}' in err for i in range(6))
+    assert all(family in err for family in bench.FAMILIES)
+
+
+def test_every_family_is_known(bench):
+    fams = bench.families()
+    assert [len(fams[f]) for f in ('efficientvit_m', 'efficientvit_b', 'efficientvit_l', 'efficientvit_seg',
+                                    'efficientvit_sam')] == [6, 4, 4, 6, 5]
+    assert fams['efficientvit_sr'] == (['efficientvit_sr_x2'] if bench._sr_available() else [])
+    for name, _ in bench.QUICK:  # --quick runs one model of every family
+        assert name in bench.MODEL_SPECS or name == 'efficientvit_sr_x2'
+    assert {bench.MODEL_SPECS[n].family for n, _ in bench.QUICK if n in bench.MODEL_SPECS} >= set(bench.FAMILIES[:5])
+    for spec in bench.MODEL_SPECS.values():  # every model has a peer, except L0 (timm has no L0; SAM-L0 has peers)
+        assert spec.peers or spec.timm_build is not None or spec.name == 'efficientvit_l0', spec.name
+
+
+@pytest.mark.slow
+def test_quick_runs_every_family_from_one_command(bench, tmp_path, capsys):
+    out = tmp_path / 'quick'
+    assert bench.main(['--quick', '--progress', 'off', '--out-dir', str(out)]) == 0
+    result = json.loads((out / 'benchmark.json').read_text())
+    families = {r['family'] for r in result['results'] if r['role'] == 'model'}
+    expected = set(bench.FAMILIES) if bench._sr_available() else set(bench.FAMILIES) - {'efficientvit_sr'}
+    assert families == expected
+    peers = {r['peer'] for r in result['results'] if r['role'] == 'peer'}
+    assert {'mobilenetv3', 'segformer', 'sam_vit_b'} <= peers
+    for row in result['results']:
+        assert row['images_per_s'] > 0
+        if row['role'] == 'model':  # every evit_mm form (deploy, onnxruntime) computes the eager model's function
+            assert row['max_abs_diff'] < 1e-4, (row['model'], row['mode'], row['max_abs_diff'])
+    for entry in result['ratios']:  # every model is compared with something
+        assert any('/' in k and k != 'onnx/deploy' for k in entry if k not in ('setting', 'model')), entry
+    assert (out / 'speed_vs_params.png').stat().st_size > 10000
 
 
 @pytest.mark.parametrize('bad, what', [
