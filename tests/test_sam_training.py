@@ -122,6 +122,20 @@ def test_sampling_is_reproducible_and_new_in_every_pass(sa1b):
     assert not torch.equal(first['data_samples'].gt_masks, next_pass['data_samples'].gt_masks)
 
 
+def test_sampler_passes_and_skip():
+    import itertools
+
+    from evit_mm.sam.training import SamInfiniteSampler
+    sampler = SamInfiniteSampler(list(range(5)), shuffle=True, seed=3)
+    stream = list(itertools.islice(iter(sampler), 20))
+    for p in range(4):  # pass p: a permutation of 0..4, shifted by 5 p
+        assert sorted(stream[5 * p:5 * p + 5]) == [5 * p + i for i in range(5)]
+    assert stream[:5] != [i for i in range(5)] and [i % 5 for i in stream[:5]] != [i % 5 for i in stream[5:10]]
+    resumed = SamInfiniteSampler(list(range(5)), shuffle=True, seed=3)
+    resumed.skip(7)
+    assert list(itertools.islice(iter(resumed), 13)) == stream[7:]
+
+
 def test_samples_are_consistent(sa1b):
     """Masks line up with the image, fewer masks than num_masks are repeated, prompts lie on their masks."""
     from PIL import Image
@@ -322,3 +336,28 @@ def test_cache_tool_is_resumable_and_matches_the_online_teacher(tmp_path, sa1b):
             lb = cached(**cached.data_preprocessor(b, True), mode='loss')['loss_distill']
         assert torch.allclose(la, lb, rtol=1e-6, atol=0), (la, lb, flips)
     assert any(flips)
+
+
+@pytest.mark.slow
+def test_both_phases_run_under_bf16_autocast(sa1b):
+    """What --amp --amp-dtype bfloat16 does to the forward pass (mmengine's AmpOptimWrapper needs a GPU; the
+    autocast region is the same): finite losses close to fp32 ones, gradients that reach the encoder."""
+    from mmengine.dataset import pseudo_collate
+    from mmengine.registry import MODELS
+    tiny = dict(img_size=64, patch_size=1, embed_dim=32, depth=1, num_heads=1, out_chans=256, window_size=8,
+                global_attn_indexes=())
+    pipeline = _pipeline(size=64, flip=0.0)
+    pipeline[1]['teacher_size'] = pipeline[2]['teacher_size'] = 64
+    batch = pseudo_collate([_sa1b_dataset(sa1b, pipeline=pipeline, num_masks=2)[2]])
+    for cfg in (dict(type='SamDistillModel', teacher=dict(arch=tiny)),
+                dict(type='SamE2EModel', loss=dict(num_points=256))):
+        model = MODELS.build(dict(cfg, sam=dict(variant='l0', image_size=64)))
+        data = model.data_preprocessor(batch, True)
+        fp32 = sum(v for k, v in model(**data, mode='loss').items() if k.startswith('loss'))
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            bf16 = sum(v for k, v in model(**data, mode='loss').items() if k.startswith('loss'))
+        bf16.backward()
+        ratio = float(bf16.detach() / fp32.detach())
+        assert torch.isfinite(bf16) and abs(ratio - 1) < 0.05, (cfg["type"], fp32, bf16)
+        grads = [p.grad for p in model.sam.image_encoder.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)

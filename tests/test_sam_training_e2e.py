@@ -68,6 +68,7 @@ def _check_resume(config, options, work_straight, tmp_path):
     assert osp.isfile(osp.join(work, f'iter_{half}.pth')) and not osp.isfile(osp.join(work, f'iter_{STEPS}.pth'))
     log = _train(config, work, options + [f'train_cfg.max_iters={STEPS}'], '--resume')
     assert f'resumed epoch: 0, iter: {half}' in log
+    assert 'the sampler skipped the' in log  # SamIterBasedTrainLoop: no batch was loaded again
     straight, resumed = _scalars(work_straight), _scalars(work)
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for it in range(1, STEPS + 1):

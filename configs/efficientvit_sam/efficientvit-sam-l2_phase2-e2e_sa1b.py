@@ -1,5 +1,5 @@
 # EfficientViT-SAM-L2, phase 2: end to end on SA-1B with box/point prompts, from the phase-1 checkpoint.
-#   bash tools/dist_train.sh configs/efficientvit_sam/efficientvit-sam-l2_phase2-e2e_sa1b.py 8 --amp --amp-dtype bfloat16
+#   bash tools/dist_train.sh THIS_CONFIG 8 --amp --amp-dtype bfloat16
 _base_ = ['./_base_/sam_phase2_e2e_sa1b.py']
 
 model = dict(sam=dict(variant='l2'),

@@ -29,7 +29,7 @@ train_dataloader = dict(
 
 # one pass over SA-1B's 11.2M images at 32 images per step (8 GPUs x 4)
 max_iters = 350000
-train_cfg = dict(by_epoch=False, max_iters=max_iters)
+train_cfg = dict(type='SamIterBasedTrainLoop', max_iters=max_iters)  # resumes without reloading data
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=1000),
     dict(type='CosineAnnealingLR', T_max=max_iters - 1000, eta_min=0.0, by_epoch=False, begin=1000, end=max_iters),

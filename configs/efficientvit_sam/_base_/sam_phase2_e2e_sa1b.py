@@ -27,7 +27,7 @@ train_dataloader = dict(
 
 # the reference: 80 sub-epochs of 1/40 of SA-1B = 2 epochs; 2 x 11.2M images / (8 GPUs x 4) steps
 max_iters = 700000
-train_cfg = dict(by_epoch=False, max_iters=max_iters)
+train_cfg = dict(type='SamIterBasedTrainLoop', max_iters=max_iters)  # resumes without reloading data
 param_scheduler = [dict(type='CosineAnnealingLR', T_max=max_iters, eta_min=0.0, by_epoch=False, begin=0,
                         end=max_iters)]
 optim_wrapper = dict(optimizer=dict(lr=8e-7))  # per 4 images; x GPUs through auto_scale_lr (L: 8e-7, XL: 4e-7)

@@ -7,7 +7,8 @@ Importing this package registers, in mmengine's root registries (configs use ``d
 * datasets ``SA1BDataset``, ``SamCocoDataset``; samplers ``SamInfiniteSampler``, ``SamDefaultSampler``;
 * transforms ``SamRandomFlip``, ``SamResizeLongestSide``, ``SamPad``, ``SamSamplePrompts``, ``SamPackInputs``;
 * models ``SamDistillModel``, ``SamE2EModel`` and their ``SamDataPreprocessor``;
-* the optimizer constructor ``SamOptimWrapperConstructor``.
+* the optimizer constructor ``SamOptimWrapperConstructor``;
+* the training loop ``SamIterBasedTrainLoop`` (resumes without reloading the data already trained on).
 
 It imports mmengine only (no mmdet/mmseg/mmagic).
 """
@@ -18,6 +19,7 @@ apply_all()  # mmengine checkpoints on torch >= 2.6 (resume, load_from)
 from .cache import EmbeddingCache  # noqa: E402
 from .datasets import (BadSample, SA1BDataset, SamCocoDataset, SamDefaultSampler, SamInfiniteSampler,  # noqa: E402
                        SamMaskDataset)
+from .loops import SamIterBasedTrainLoop  # noqa: E402
 from .losses import mask_iou, point_sample, sam_mask_loss, uncertain_points  # noqa: E402
 from .models import SamDataPreprocessor, SamDistillModel, SamE2EModel, build_sam_model, load_sam_weights  # noqa
 from .optim import SamOptimWrapperConstructor  # noqa: E402
@@ -30,5 +32,5 @@ __all__ = [
     'SamInfiniteSampler', 'mask_iou', 'point_sample', 'sam_mask_loss', 'uncertain_points', 'SamDataPreprocessor',
     'SamDistillModel', 'SamE2EModel', 'build_sam_model', 'load_sam_weights', 'BadAnnotation',
     'decode_segmentation', 'SamTeacher', 'build_sam_teacher', 'SamPackInputs', 'SamPad', 'SamRandomFlip',
-    'SamResizeLongestSide', 'SamSamplePrompts', 'SamOptimWrapperConstructor',
+    'SamResizeLongestSide', 'SamSamplePrompts', 'SamOptimWrapperConstructor', 'SamIterBasedTrainLoop',
 ]

@@ -16,6 +16,7 @@ by reason, ``dataset.bad_files`` the reasons by file (each process/worker counts
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -341,6 +342,11 @@ class SamInfiniteSampler(InfiniteSampler):
 
     def _infinite_indices(self) -> Iterator[int]:
         return _virtual(super()._infinite_indices(), self.size)
+
+    def skip(self, num_samples: int) -> None:
+        """Restart this rank's stream ``num_samples`` indices in, without loading anything (for resuming, see
+        :class:`~evit_mm.sam.training.loops.SamIterBasedTrainLoop`)."""
+        self.indices = itertools.islice(self._indices_of_rank(), int(num_samples), None)
 
 
 @DATA_SAMPLERS.register_module()
