@@ -359,7 +359,8 @@ def test_litemla_path_selection_follows_reference(monkeypatch):
     with torch.no_grad():
         for hw in [(4, 4), (2, 8), (1, 16), (1, 17), (5, 4)]:
             mla(image(1, 64, *hw))
-    assert calls == ['quadratic', 'quadratic', 'quadratic', 'linear', 'linear']
+    # one call per branch (qkv and its one aggregation scale), both on the path the map size selects
+    assert calls == [path for path in ['quadratic', 'quadratic', 'quadratic', 'linear', 'linear'] for _ in range(2)]
 
 
 def test_litemla_linear_and_quadratic_paths_agree():

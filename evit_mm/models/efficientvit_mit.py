@@ -374,16 +374,20 @@ class LiteMLA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
-        if len(self.aggreg):
-            qkv = torch.cat([qkv] + [op(qkv) for op in self.aggreg], dim=1)
+        # Every group attends on its own, so each branch (qkv itself, then each aggregation scale) is attended
+        # separately and only the three times narrower outputs are concatenated, in the reference's group order.
+        # Concatenating q/k/v first (as the reference does) copies the widest tensor of the block; for
+        # channels_last tensors (evit_mm.deploy) that channel concatenation is a strided interleave, several times
+        # slower than the attention itself.
+        branches = [qkv] + [op(qkv) for op in self.aggreg]
         H, W = qkv.shape[-2:]
         attention = self._linear_attention if H * W > self.dim else self._quadratic_attention
         if _autocast_enabled(qkv.device.type):
             with torch.autocast(device_type=qkv.device.type, enabled=False):
-                out = attention(qkv)
+                outs = [attention(b) for b in branches]
         else:
-            out = attention(qkv)
-        return self.proj(out)
+            outs = [attention(b) for b in branches]
+        return self.proj(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
 
 
 class EfficientViTBlock(nn.Module):
