@@ -61,7 +61,9 @@ def test_runs_and_writes_json_table_and_png(bench, tmp_path, capsys):
     assert got == {('efficientvit_m0', 'evit_mm', 'eager'), ('efficientvit_m0', 'evit_mm', 'deploy'),
                    ('efficientvit_m0', 'evit_mm', 'onnx'), ('efficientvit_m0', 'timm', 'eager'),
                    ('efficientvit_m0', 'timm', 'fused'), ('efficientvit_m0', 'timm', 'onnx'),
-                   ('mobilenetv3_large_100', 'mobilenetv3', 'eager'), ('mobilenetv3_large_100', 'mobilenetv3', 'onnx')}
+                   ('efficientvit_m0', 'timm', 'channels_last'), ('mobilenetv3_large_100', 'mobilenetv3', 'eager'),
+                   ('mobilenetv3_large_100', 'mobilenetv3', 'channels_last'),
+                   ('mobilenetv3_large_100', 'mobilenetv3', 'onnx')}
     for row in rows:
         assert row['images_per_s'] > 0 and row['ms_per_batch'] > 0 and row['batch_size'] == 2
         assert row['threads'] == 1 and row['device'] == 'cpu' and len(row['windows']) == 1
@@ -71,7 +73,8 @@ def test_runs_and_writes_json_table_and_png(bench, tmp_path, capsys):
     ratios = result['ratios']
     assert len(ratios) == 1
     assert {'eager/timm', 'deploy/timm', 'deploy/timm_fused', 'onnx/timm_onnx', 'eager/mobilenetv3',
-            'deploy/mobilenetv3', 'onnx/mobilenetv3_onnx', 'onnx/deploy'} <= set(ratios[0])
+            'deploy/mobilenetv3', 'onnx/mobilenetv3_onnx', 'onnx/deploy', 'deploy/timm_channels_last',
+            'deploy/mobilenetv3_channels_last'} <= set(ratios[0])
     assert all(v > 0 for k, v in ratios[0].items() if '/' in k)
 
     assert '| efficientvit_m0 |' in (out / 'benchmark.md').read_text()

@@ -16,8 +16,9 @@ Forms of each evit_mm model:
   evit_mm deploy   ``evit_mm.deploy(model)``: BNs folded, constant attention biases, channels_last weights
   evit_mm onnx     the deploy form exported to ONNX (``evit_mm.onnx``), run in onnxruntime (CPU only)
 
-and of the peers: ``eager``; timm's same architecture also ``fused`` (``timm.utils.reparameterize_model``) and
-``onnx`` (timm's eager model exported the same way); MobileNetV3-Large also ``onnx``.  The evit_mm and timm models
+and of the peers: ``eager``; timm's same architecture also ``fused`` (``timm.utils.reparameterize_model``),
+``channels_last`` (its eager model with NHWC weights, the layout of evit_mm's deploy form) and ``onnx`` (timm's eager
+model exported the same way); MobileNetV3-Large also ``channels_last`` and ``onnx``.  The evit_mm and timm models
 run identical weights (timm's, with randomised BatchNorm statistics and attention biases, copied through evit_mm's
 converters) and their outputs are compared before any timing (``max_abs_diff``; timm's LiteMLA eps is set to the
 reference's 1e-15 for the comparison).  Every ONNX graph is checked against its PyTorch model in onnxruntime.
@@ -199,6 +200,10 @@ def export_to_ort(model: nn.Module, input_size: tuple[int, int], seed: int) -> t
     with torch.inference_mode():
         diff = (ort_module(x) - _first(model(x))).abs().max().item()
     return ort_module, diff
+
+
+def _channels_last(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
 
 
 def _first(out) -> torch.Tensor:
@@ -615,13 +620,16 @@ def count_macs(model: nn.Module, input_size: tuple[int, int] | int, device='cpu'
 
 def build_candidates(specs: Sequence[ModelSpec], peers: Sequence[str], img_size: int | tuple | None, seed: int,
                      log: Callable[[str], None], onnx: bool = False, peer_own_size: bool = True,
-                     sizes: dict[str, tuple[int, int]] | None = None) -> tuple[list[Candidate], dict]:
+                     sizes: dict[str, tuple[int, int]] | None = None, peer_channels_last: bool = False
+                     ) -> tuple[list[Candidate], dict]:
     """Build every model to measure (CPU, eval mode, identical weights where possible) and check outputs.
 
     ``img_size``: an int or (H, W) for every model, or None for each spec's own size.  ``onnx``: add the ONNX
     forms (exported and checked here).  ``peer_own_size``: shared peers with a size of their own (SAM ViT: 1024)
     use it; otherwise they run at the size of their family's first model.  ``sizes``: per-model (H, W) overrides
-    (``--quick``)."""
+    (``--quick``).  ``peer_channels_last``: also time timm's model and the light peers (MobileNetV3) with
+    channels_last weights, the layout evit_mm's deploy form uses (one line for a user:
+    ``model.to(memory_format=torch.channels_last)``), so that the layout's share of the gain is visible."""
     from timm.utils import reparameterize_model
 
     def size_of(spec):
@@ -651,6 +659,8 @@ def build_candidates(specs: Sequence[ModelSpec], peers: Sequence[str], img_size:
         items = [('evit_mm', 'eager', model), ('evit_mm', 'deploy', deployed)]
         if timm_model is not None:
             items += [('timm', 'eager', timm_model), ('timm', 'fused', reparameterize_model(timm_model).eval())]
+            if peer_channels_last:
+                items.append(('timm', 'channels_last', _channels_last(timm_model)))
         ref_out, reference = eager_out, 'evit_mm eager'
         if timm_model is not None:
             with torch.inference_mode():
@@ -709,6 +719,8 @@ def build_candidates(specs: Sequence[ModelSpec], peers: Sequence[str], img_size:
         macs = count_macs(m, size)
         params = count_params(m)
         forms = [('eager', m)]
+        if peer_channels_last and p.every_model:
+            forms.append(('channels_last', _channels_last(m)))
         if onnx and p.onnx:
             try:
                 ort_module, diff = export_to_ort(m, size, seed)
@@ -928,6 +940,8 @@ RATIOS = [
     ('eager/{peer}', ('evit_mm', 'eager'), ('{peer}', 'eager')),
     ('deploy/{peer}', ('evit_mm', 'deploy'), ('{peer}', 'eager')),
     ('onnx/{peer}_onnx', ('evit_mm', 'onnx'), ('{peer}', 'onnx')),
+    ('deploy/timm_channels_last', ('evit_mm', 'deploy'), ('timm', 'channels_last')),
+    ('deploy/{peer}_channels_last', ('evit_mm', 'deploy'), ('{peer}', 'channels_last')),
     ('onnx/deploy', ('evit_mm', 'onnx'), ('evit_mm', 'deploy')),
 ]
 
@@ -1032,8 +1046,8 @@ def markdown_tables(result: dict) -> str:
                   "over the windows of the ratio to the other model's nearest window.", '']
         for family in dict.fromkeys(r.get('family', '') for r in srows):
             frows = [r for r in srows if r.get('family', '') == family]
-            lines += ['| model | implementation | batch | eager | deploy / fused | onnxruntime | max abs diff |',
-                      '|---|---|---|---|---|---|---|']
+            lines += ['| model | implementation | batch | eager | deploy / fused | channels_last | onnxruntime | '
+                      'max abs diff |', '|---|---|---|---|---|---|---|---|']
             groups: dict[tuple, dict] = {}
             for r in frows:
                 impl = r['impl'] if r['role'] == 'model' else 'peer'
@@ -1044,6 +1058,7 @@ def markdown_tables(result: dict) -> str:
                 label = impl if impl != 'peer' else result['models'].get(model, {}).get('label', model) + ' (peer)'
                 lines.append(f"| {model} | {label} | {any_row['batch_size']} | {_fmt_speed(by.get('eager'), protocol)} "
                              f"| {_fmt_speed(by.get('deploy') or by.get('fused'), protocol)} | "
+                             f"{_fmt_speed(by.get('channels_last'), protocol)} | "
                              f"{_fmt_speed(by.get('onnx'), protocol)} | {f'{max(diffs):.1e}' if diffs else '–'} |")
             entries = [e for e in ratios if e['setting'] == setting and
                        result['models'].get(e['model'], {}).get('family') == family]
@@ -1075,7 +1090,8 @@ def plot_speed_vs_params(result: dict, path: str) -> None:
     settings = list(dict.fromkeys(r['setting'] for r in rows))
     fig, axes = plt.subplots(1, len(settings), figsize=(7.5 * len(settings), 5.5), squeeze=False)
     colors = {('evit_mm', 'deploy'): 'tab:red', ('evit_mm', 'eager'): 'tab:orange', ('evit_mm', 'onnx'): 'tab:purple',
-              ('timm', 'eager'): 'tab:blue', ('timm', 'fused'): 'tab:cyan', ('timm', 'onnx'): 'tab:green'}
+              ('timm', 'eager'): 'tab:blue', ('timm', 'fused'): 'tab:cyan', ('timm', 'onnx'): 'tab:green',
+              ('timm', 'channels_last'): 'tab:olive'}
     markers = dict(zip(FAMILIES, 'osD^vP'))
     for ax, setting in zip(axes[0], settings):
         srows = [r for r in rows if r['setting'] == setting]
@@ -1175,6 +1191,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "families it belongs to; none: --peers)")
     parser.add_argument('--no-onnx', dest='onnx', action='store_false',
                         help='skip the onnxruntime forms (evit_mm and timm exported to ONNX)')
+    parser.add_argument('--no-peer-channels-last', dest='peer_channels_last', action='store_false',
+                        help='do not also time timm and MobileNetV3 with channels_last weights')
     parser.add_argument('--device', nargs='+', default=['cpu'], choices=['cpu', 'cuda'],
                         help='cpu: the CPU protocol; cuda: the GPU protocol (skipped with a message without a GPU)')
     parser.add_argument('--threads', nargs='+', type=_threads, default=[1], metavar='N',
@@ -1300,7 +1318,8 @@ def main(argv=None) -> int:
         return 0
 
     n_forms = 2 + args.onnx
-    n_model = sum(n_forms + (1 + n_forms) * ('timm' in args.peers and s.timm_build is not None) for s in args.specs)
+    n_model = sum(n_forms + (1 + n_forms + args.peer_channels_last) * ('timm' in args.peers and
+                                                                      s.timm_build is not None) for s in args.specs)
     fams = {s.family for s in args.specs}
     n_peer = sum(1 + PEER_SPECS[p].onnx * args.onnx for p in args.peers
                  if not PEER_SPECS[p].per_model and fams & set(PEER_SPECS[p].families))
@@ -1311,7 +1330,8 @@ def main(argv=None) -> int:
     saved_threads = torch.get_num_threads()
     try:
         candidates, models = build_candidates(args.specs, args.peers, args.img_size, args.seed, log,
-                                              onnx=args.onnx, peer_own_size=not args.quick, sizes=args.sizes)
+                                              onnx=args.onnx, peer_own_size=not args.quick, sizes=args.sizes,
+                                              peer_channels_last=args.peer_channels_last)
         log(f'{len(candidates)} candidates x {len(settings)} setting(s), about {estimate / 60:.1f} min of timing')
         rows = []
         for setting in settings:
@@ -1323,6 +1343,7 @@ def main(argv=None) -> int:
                 img_size=args.img_size, quick=args.quick, cpu_batch_size=args.batch_size,
                 gpu_batch_size=args.gpu_batch_size, max_batch=args.max_batch, amp=args.amp, warmup_s=args.warmup,
                 duration=args.duration, repeats=args.repeats, seed=args.seed, peers=args.peers, onnx=args.onnx,
+                peer_channels_last=args.peer_channels_last,
                 peer_windows=args.peer_windows,
                 statistic='median over repeats of images/s of a timed window; ms_per_batch = 1000 * batch / that',
                 flops_convention='MACs (multiply-accumulates) per image at batch 1, counted by '
