@@ -101,7 +101,14 @@ def test_bad_files_are_reported_skipped_and_counted(sa1b):
 def test_tar_shards_read_like_folders(sa1b):
     from_folder = _sa1b_dataset(sa1b)
     from_tar = _sa1b_dataset(sa1b, img_dir='no_such_folder', shard_dir='shards')
-    assert [d['img_id'] for d in from_tar.load_data_list()] == [d['img_id'] for d in from_folder.load_data_list()]
+    index = sa1b['tar'] + '.index.json'
+    assert osp.isfile(index)  # the shard's member index, kept for the next run
+    listed = [(d['img_id'], d['img_source']) for d in from_tar.load_data_list()]  # now from the index
+    with open(index) as f:
+        assert len(json.load(f)['members']) == 2 * 4 + 1 + 2 * 4  # good pairs, sa_901.jpg, bad pairs
+    assert [i for i, _ in listed] == [d['img_id'] for d in from_folder.load_data_list()]
+    first_scan = [from_tar.get_data_info(i) for i in range(len(from_tar))]
+    assert listed == [(d['img_id'], d['img_source']) for d in first_scan]
     assert from_tar.bad_counts == from_folder.bad_counts == {'missing json': 1}
     for i in (0, 3, 5):
         a, b = from_folder[i], from_tar[i]
