@@ -183,3 +183,20 @@ def test_onnx_check_fails_on_a_wrong_reference(tmp_path):
     check_onnx(result.path, {'input': x.numpy()}, want)  # passes
     with pytest.raises(AssertionError, match='differs'):
         check_onnx(result.path, {'input': x.numpy()}, [want[0] + 1e-2])
+
+
+def test_export_tool_writes_a_checked_graph_and_rejects_unknown_models(tmp_path, capsys):
+    pytest.importorskip('onnxruntime')
+    import importlib.util
+    import os.path as osp
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location('evit_mm_tools_export_onnx', osp.join(ROOT, 'tools', 'export_onnx.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / 'b0.onnx'
+    assert tool.main(['efficientvit_b0', str(out), '--img-size', '64']) == 0
+    text = capsys.readouterr().out
+    assert out.exists() and 'onnxruntime vs eval-mode PyTorch: max abs diff' in text
+    assert 'out3 (1, 128, 2, 2)' in text  # the four stages of B0 at 64x64 (stride 32)
+    with pytest.raises(SystemExit, match='unknown model'):
+        tool.main(['efficientvit_b9', str(tmp_path / 'x.onnx')])
