@@ -298,6 +298,18 @@ def test_optimizer_groups_follow_the_reference():
     assert sum(len(g['params']) for g in wrapper2.optimizer.param_groups) == len(list(model2.parameters()))
 
 
+def test_student_backbone_starts_from_a_classification_checkpoint(tmp_path):
+    from evit_mm.models.efficientvit_mit import EfficientViTL
+    from evit_mm.sam.training import build_sam_model
+    torch.manual_seed(1)
+    backbone = EfficientViTL('l0')
+    path = str(tmp_path / 'l0_backbone.pth')
+    torch.save(backbone.state_dict(), path)
+    model = build_sam_model('l0', image_size=64, backbone_checkpoint=path)
+    loaded = model.image_encoder.backbone.state_dict()
+    assert model.training and all(torch.equal(v, loaded[k]) for k, v in backbone.state_dict().items())
+
+
 # -- teacher-embedding cache ------------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ image_size = 512  # student input (L0-L2); the teacher's is 1024
 model = dict(
     type='SamDistillModel',
     # the student: a whole EfficientViT-SAM, with SAM ViT-H's prompt encoder and mask decoder (frozen here)
-    sam=dict(variant='l0', decoder_checkpoint=teacher['checkpoint']),
+    # backbone_checkpoint: optional EfficientViT-L/XL ImageNet weights (official or timm) to start from
+    sam=dict(variant='l0', decoder_checkpoint=teacher['checkpoint'], backbone_checkpoint=None),
     teacher=None)  # embeddings come from the cache
 
 train_pipeline = [

@@ -63,11 +63,16 @@ class SamDataPreprocessor(BaseDataPreprocessor):
 
 
 def build_sam_model(variant: str = 'l0', image_size: Optional[int] = None, checkpoint: Optional[str] = None,
-                    decoder_checkpoint: Optional[str] = None) -> EfficientViTSam:
+                    decoder_checkpoint: Optional[str] = None,
+                    backbone_checkpoint: Optional[str] = None) -> EfficientViTSam:
     """EfficientViT-SAM ``variant`` in train mode (arguments of :func:`~evit_mm.models.sam.build_efficientvit_sam`;
-    ``decoder_checkpoint``: SAM ViT-H's prompt encoder and mask decoder, as the reference's students)."""
-    return build_efficientvit_sam(variant, checkpoint, decoder_checkpoint=decoder_checkpoint,
-                                  image_size=image_size).train()
+    ``decoder_checkpoint``: SAM ViT-H's prompt encoder and mask decoder, as the reference's students).
+    ``backbone_checkpoint``: EfficientViT-L/XL backbone weights to start phase 1 from (an ImageNet
+    classification checkpoint, official or timm; loaded strictly by ``EfficientViTL.load_pretrained``)."""
+    model = build_efficientvit_sam(variant, checkpoint, decoder_checkpoint=decoder_checkpoint, image_size=image_size)
+    if backbone_checkpoint:
+        model.image_encoder.backbone.load_pretrained(backbone_checkpoint)
+    return model.train()
 
 
 def load_sam_weights(sam: EfficientViTSam, path: str) -> None:
