@@ -1114,7 +1114,8 @@ def plot_speed_vs_params(result: dict, path: str) -> None:
             name = result['models'].get(r['model'], {}).get('label', r['model'])
             ax.plot([r['params'] / 1e6], [r['images_per_s']], color='black' if r['mode'] == 'eager' else 'grey',
                     marker='*', ms=11, ls='none')
-            ax.annotate(f"{name}{' onnx' if r['mode'] == 'onnx' else ''}", (r['params'] / 1e6, r['images_per_s']),
+            form = '' if r['mode'] == 'eager' else f" {r['mode']}"
+            ax.annotate(f'{name}{form}', (r['params'] / 1e6, r['images_per_s']),
                         textcoords='offset points', xytext=(5, -9), fontsize=7)
         for family in dict.fromkeys(r.get('family') for r in srows if r['role'] == 'model'):
             ax.plot([], [], color='grey', marker=markers.get(family, 'o'), ls='none', label=family)
@@ -1165,10 +1166,6 @@ def _non_negative(text):
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
     return value
-
-
-def _gpu_batch(text):
-    return 'max' if text == 'max' else _positive(int)(text)
 
 
 def _gpu_batch(text):
