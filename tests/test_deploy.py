@@ -72,6 +72,41 @@ def test_deploy_keeps_outputs(factory, size):
     assert not deployed.training
 
 
+@pytest.mark.parametrize('arch, act, algorithm', [('l0', nn.GELU, 'tanh'), ('b0', nn.Hardswish, '')])
+def test_deployed_mit_convs_run_their_activation_as_a_onednn_post_op(arch, act, algorithm, monkeypatch):
+    """After deploy, fp32 CPU inference runs conv+activation as one oneDNN call; training-style calls (autograd on),
+    autocast and ONNX export take the plain conv -> activation path. Both give the same values."""
+    import evit_mm.models.efficientvit_mit as mit
+    model = _randomize(EfficientViTL(arch) if arch.startswith('l') else EfficientViTB(arch))
+    deployed = evit_mm.deploy(copy.deepcopy(model))
+    layers = [m for m in deployed.modules() if isinstance(m, mit.ConvNormAct)]
+    assert layers and all(m.onednn is not None for m in layers)
+    assert all(m.onednn[0] == ('gelu' if act is nn.GELU else 'hardswish') and m.onednn[2] == algorithm
+               for m in layers if isinstance(m.act, act))
+    assert all(m.onednn[0] == 'none' for m in layers if m.act is None)
+
+    calls = []
+    real = torch.ops.mkldnn._convolution_pointwise
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(args[7])
+            return real(*args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, '_convolution_pointwise', Spy())
+    x = _photo(2, 128, 160)
+    with torch.inference_mode():
+        fused = deployed(x)
+    assert len(calls) == len(layers)
+    calls.clear()
+    with torch.enable_grad():
+        plain = deployed(x)  # autograd on: the plain path
+    assert not calls
+    _assert_close_rel(fused, plain, rtol=1e-5)
+    with torch.no_grad():
+        _assert_close_rel(fused, model(x))
+
+
 def test_deploy_nchw_and_idempotent():
     model = _randomize(EfficientViTM('m0'))
     x = _photo(1, 112, 112)
