@@ -149,3 +149,24 @@ def test_phase2_trains_from_phase1_skips_bad_files_and_resumes(demo, phase1, tmp
     assert after < 0.95 * before, (before, after)
 
     _check_resume(PHASE2, options, work, tmp_path)
+
+
+def test_phase2_runs_ddp_through_dist_train_and_scales_the_lr(demo, phase1, tmp_path):
+    """tools/dist_train.sh: torchrun + mmengine DDP (gloo on CPU here), 2 processes; auto_scale_lr multiplies the
+    lr by the world size (2 processes x 2 images over the demo's base batch of 2); the first-step lr of the cosine
+    schedule is its base lr."""
+    options = _phase2_options(demo, phase1)
+    work = str(tmp_path / 'ddp')
+    env = dict(os.environ, PYTHON=sys.executable, PORT='29519', OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    proc = subprocess.run(['bash', osp.join(TOOLS, 'dist_train.sh'), PHASE2, '2', '--work-dir', work,
+                           '--cfg-options', *options, 'train_cfg.max_iters=2'],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert 'Distributed training: True' in out
+    assert 'LR is set based on batch size of 2 and the current batch size is 4. Scaling the original LR by 2.0' in out
+    records = _scalars(work)
+    assert sorted(records) == [1, 2]
+    assert records[1]['lr'] == pytest.approx(2 * 0.0003, rel=1e-6)  # options set lr 0.0003
+    assert all(0 < records[i]['loss_mask'] < 100 for i in (1, 2))
+    assert osp.isfile(osp.join(work, 'iter_2.pth'))
