@@ -295,8 +295,15 @@ def coco_mask_ap(gt: Dict[str, Any], results: List[Dict[str, Any]], image_ids: S
         ev.accumulate()
         ev.summarize()
     stats = {name: float(v) for name, v in zip(COCO_STAT_NAMES, ev.stats)}
-    stats['summary'] = buf.getvalue()
+    stats['summary'] = _stat_lines(buf.getvalue())
     return stats
+
+
+def _stat_lines(printed: str) -> str:
+    """The AP/AR lines of what COCOeval/LVISEval printed, without their progress and timing lines ("DONE
+    (t=0.01s)"), so that the same evaluation always gives the same summary (a resumed run equals a straight one)."""
+    return ''.join(line for line in printed.splitlines(keepends=True)
+                   if 'Average Precision' in line or 'Average Recall' in line)
 
 
 @contextlib.contextmanager
@@ -340,7 +347,7 @@ def lvis_mask_ap(gt: Dict[str, Any], results: List[Dict[str, Any]], image_ids: S
             logging.getLogger('lvis').setLevel(level)
     res = ev.get_results()
     stats = {name: float(res[name]) for name in LVIS_STAT_NAMES}
-    stats['summary'] = buf.getvalue()
+    stats['summary'] = _stat_lines(buf.getvalue())
     return stats
 
 
