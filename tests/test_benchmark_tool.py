@@ -206,3 +206,45 @@ def test_imagenet_windows_match_the_paper(bench):
     assert bench.imagenet_windows(224) == (7, 7, 4)
     assert bench.imagenet_windows(64) == (4, 2, 1)
     assert min(bench.imagenet_windows(16)) >= 1
+
+
+def test_one_model_at_a_time_frees_each_group_and_merges_the_peer_windows(bench, tmp_path, monkeypatch):
+    """The default run builds, times and frees one model at a time (memory: the largest model, not the sum);
+    MobileNetV3, timed beside every M model, ends up as one row holding all its windows."""
+    import gc
+    import weakref
+    alive = []  # weak references to the modules of the groups built so far
+    build = bench.build_model_candidates
+
+    def spy(spec, *args, **kwargs):
+        gc.collect()
+        assert [ref() for ref in alive if ref() is not None] == [], 'the previous model was not freed'
+        cands, info = build(spec, *args, **kwargs)
+        alive.extend(weakref.ref(c.module) for c in cands)
+        return cands, info
+
+    monkeypatch.setattr(bench, 'build_model_candidates', spy)
+    args = ['--models', 'efficientvit_m0', 'efficientvit_m1', *TINY]
+    assert bench.main([*args, '--out-dir', str(tmp_path / 'model')]) == 0
+    assert len(alive) == 2 * 7  # both models: evit_mm eager/deploy/onnx, timm eager/fused/channels_last/onnx
+
+    result = json.loads((tmp_path / 'model' / 'benchmark.json').read_text())
+    assert result['meta']['interleave'] == 'model'
+    rows = result['results']
+    peer = [r for r in rows if r['role'] == 'peer' and r['mode'] == 'eager']
+    assert len(peer) == 1 and len(peer[0]['windows']) == 2  # one window beside each model, one row
+    assert [r['role'] for r in rows] == sorted((r['role'] for r in rows), key=lambda role: role == 'peer')
+    assert [e['model'] for e in result['ratios']] == ['efficientvit_m0', 'efficientvit_m1']
+    # each model's ratio against MobileNetV3 pairs it with the MobileNetV3 window of its own group
+    by = {(r['model'], r['impl'], r['mode']): r for r in rows}
+    for e in result['ratios']:
+        mine, mnv3 = by[(e['model'], 'evit_mm', 'eager')]['windows'][0], peer[0]['windows']
+        nearest = min(mnv3, key=lambda w: abs(w['t'] - mine['t']))
+        assert e['eager/mobilenetv3'] == pytest.approx(mine['images_per_s'] / nearest['images_per_s'])
+    assert mnv3[0]['t'] < by[('efficientvit_m1', 'evit_mm', 'eager')]['windows'][0]['t'] < mnv3[1]['t']
+
+    # --interleave all: every candidate built first (and kept: no spy), the same rows
+    monkeypatch.setattr(bench, 'build_model_candidates', build)
+    assert bench.main([*args, '--interleave', 'all', '--out-dir', str(tmp_path / 'all')]) == 0
+    rows_all = json.loads((tmp_path / 'all' / 'benchmark.json').read_text())['results']
+    assert {(r['model'], r['impl'], r['mode']) for r in rows_all} == {(r['model'], r['impl'], r['mode']) for r in rows}

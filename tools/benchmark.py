@@ -36,7 +36,9 @@ Timing: ``--warmup`` seconds of untimed iterations per candidate, then ``--repea
 seconds (at least one iteration each); throughput = images / time of a window, reported as the median over the
 windows.  Windows are interleaved in rounds (one window of every candidate per round; a model's forms back to
 back, a light shared peer such as MobileNetV3 after every model of its family, heavy peers once per round), so
-that load changes on a shared machine hit the compared models alike.  Each ratio is the median over the windows of
+that load changes on a shared machine hit the compared models alike.  By default (``--interleave model``) one
+model is built, timed and freed at a time, with its timm forms and its family's peers beside it, so that memory is
+that of the largest model; ``--interleave all`` builds everything first and interleaves all candidates.  Each ratio is the median over the windows of
 the ratio to the other candidate's window nearest in time.  Params are counted on the timed model; MACs with
 ``torch.utils.flop_counter.FlopCounterMode`` at batch 1 on the meta device, reported as multiply-accumulates
 (conv + matmul only), the papers' convention.
@@ -618,11 +620,153 @@ def count_macs(model: nn.Module, input_size: tuple[int, int] | int, device='cpu'
     raise AssertionError('unreachable')
 
 
+def _size_of(spec: ModelSpec, img_size: int | tuple | None, sizes: dict | None) -> tuple[int, int]:
+    if sizes and spec.name in sizes:
+        return tuple(sizes[spec.name])
+    if img_size is None:
+        return tuple(spec.input_size)
+    return (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+
+
+def build_model_candidates(spec: ModelSpec, size: tuple[int, int], peers: Sequence[str], seed: int,
+                           log: Callable[[str], None], onnx: bool = False, peer_channels_last: bool = False
+                           ) -> tuple[list[Candidate], dict]:
+    """Build one evit_mm model's forms (and timm's same architecture, with the same weights) and check outputs.
+
+    Returns the candidates and the model's info (params, MACs, ...) for the JSON."""
+    from timm.utils import reparameterize_model
+
+    log(f'building {spec.name} at {size[0]}x{size[1]} ...')
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
+    model = spec.build(size).eval()
+    timm_model = None
+    if spec.timm_build is not None and 'timm' in peers:
+        timm_model = spec.timm_build(size).eval()
+        randomize_(timm_model, seed)
+        spec.weights_from_timm(model, timm_model)
+    else:
+        randomize_(model, seed)
+    with torch.inference_mode():
+        eager_out = _first(model(x))
+    deployed = spec.deploy(copy.deepcopy(model)).eval()
+    items = [('evit_mm', 'eager', model), ('evit_mm', 'deploy', deployed)]
+    if timm_model is not None:
+        items += [('timm', 'eager', timm_model), ('timm', 'fused', reparameterize_model(timm_model).eval())]
+        if peer_channels_last:
+            items.append(('timm', 'channels_last', _channels_last(timm_model)))
+    ref_out, reference = eager_out, 'evit_mm eager'
+    if timm_model is not None:
+        with torch.inference_mode():
+            ref_out, reference = _first(timm_model(x)), 'timm eager'
+    outputs = {}
+    with torch.inference_mode():
+        for impl, mode, m in items:
+            outputs[(impl, mode)] = _first(m(x))
+    if onnx:
+        for impl, source in [('evit_mm', spec.deploy(copy.deepcopy(model)).to(memory_format=torch.contiguous_format)),
+                             ('timm', timm_model)]:
+            if source is None:
+                continue
+            try:
+                ort_module, diff = export_to_ort(source, size, seed)
+            except Exception as err:  # noqa: BLE001 - report and go on without this form
+                log(f'WARNING: ONNX export of {spec.name} ({impl}) failed, skipped: {type(err).__name__}: {err}')
+                continue
+            if diff > 1e-4:
+                log(f'WARNING: {spec.name} {impl} ONNX differs from PyTorch by {diff:.3g}')
+            items.append((impl, 'onnx', ort_module))
+            with torch.inference_mode():
+                outputs[(impl, 'onnx')] = ort_module(x)
+    macs = {'evit_mm': count_macs(model, size)}
+    info = dict(label=spec.label, family=spec.family, params=count_params(model),
+                params_deploy=count_params(deployed), macs=macs['evit_mm'], input_size=list(size),
+                params_backbone=count_params(spec.backbone()) if spec.backbone else None,
+                timm_name=spec.timm_name, paper=spec.paper, reference_output=reference)
+    if timm_model is not None:
+        info['params_timm'] = count_params(timm_model)
+        info['macs_timm'] = macs['timm'] = count_macs(timm_model, size)
+    candidates = []
+    for impl, mode, m in items:
+        diff = (outputs[(impl, mode)] - ref_out).abs().max().item()
+        candidates.append(Candidate(key=f'{spec.name}/{impl}/{mode}', model_name=spec.name, impl=impl, mode=mode,
+                                    role='model', module=m,
+                                    params=info['params'] if impl == 'evit_mm' else info['params_timm'],
+                                    macs=macs[impl], spec=spec.name, max_abs_diff=diff, input_size=size,
+                                    cpu_batch=spec.cpu_batch, family=spec.family))
+        if diff > 1e-3 * max(1.0, ref_out.abs().max().item()):
+            log(f'WARNING: {spec.name} {impl} {mode} differs from {reference} by {diff:.3g}')
+    return candidates, info
+
+
+def build_peer_candidates(peer: str, size: tuple[int, int], family: str, cpu_batch: int, seed: int,
+                          log: Callable[[str], None], onnx: bool = False, peer_channels_last: bool = False
+                          ) -> tuple[list[Candidate], dict]:
+    """Build one shared peer (MobileNetV3, SegFormer, SAM ViT, SwinIR) in its forms, for the models of ``family``."""
+    p = PEER_SPECS[peer]
+    log(f'building peer {p.label} at {size[0]}x{size[1]} ...')
+    m = p.build(size).eval()
+    randomize_(m, seed)
+    macs = count_macs(m, size)
+    params = count_params(m)
+    forms = [('eager', m)]
+    if peer_channels_last and p.every_model:
+        forms.append(('channels_last', _channels_last(m)))
+    if onnx and p.onnx:
+        try:
+            ort_module, diff = export_to_ort(m, size, seed)
+            forms.append(('onnx', ort_module))
+            if diff > 1e-4:
+                log(f'WARNING: {p.label} ONNX differs from PyTorch by {diff:.3g}')
+        except Exception as err:  # noqa: BLE001
+            log(f'WARNING: ONNX export of {p.label} failed, skipped: {type(err).__name__}: {err}')
+    candidates = [Candidate(key=f'{p.model_name}/{peer}/{mode}', model_name=p.model_name, impl=peer, mode=mode,
+                            role='peer', module=module, params=params, macs=macs, spec='', input_size=size,
+                            cpu_batch=cpu_batch, family=family, peer=peer, every_model=p.every_model)
+                  for mode, module in forms]
+    info = dict(label=p.label, family=family, params=params, macs=macs, peer=peer, input_size=list(size),
+                description=p.description)
+    return candidates, info
+
+
+@dataclass
+class Group:
+    """What is built, timed and freed together: one evit_mm model (all its forms, timm's too) and the shared peers
+    timed beside it.  ``peers``: (peer, input size, family, CPU batch) of each shared peer in this group."""
+    spec: ModelSpec
+    size: tuple[int, int]
+    peers: list[tuple[str, tuple[int, int], str, int]]
+
+
+def plan_groups(specs: Sequence[ModelSpec], peers: Sequence[str], img_size: int | tuple | None,
+                sizes: dict | None = None, peer_own_size: bool = True, peer_windows: str = 'per-model'
+                ) -> list[Group]:
+    """One group per model, in order.  A light shared peer of the model's family (MobileNetV3; ``every_model``)
+    joins every group of the family (``peer_windows='per-model'``) or only the family's last one (``'once'``);
+    heavy peers (SAM ViT, SegFormer, SwinIR) join the family's last group.  A peer runs at its own size
+    (``peer_own_size``) or at that of its family's first model, with that model's CPU batch."""
+    groups = []
+    for i, spec in enumerate(specs):
+        family = spec.family
+        first = next(s for s in specs if s.family == family)
+        last_of_family = all(s.family != family for s in specs[i + 1:])
+        group_peers = []
+        for peer in peers:
+            p = PEER_SPECS[peer]
+            if p.per_model or family not in p.families:
+                continue
+            if (p.every_model and peer_windows == 'per-model') or last_of_family:
+                size = p.own_size if (p.own_size and peer_own_size) else _size_of(first, img_size, sizes)
+                group_peers.append((peer, size, family, first.cpu_batch))
+        groups.append(Group(spec, _size_of(spec, img_size, sizes), group_peers))
+    return groups
+
+
 def build_candidates(specs: Sequence[ModelSpec], peers: Sequence[str], img_size: int | tuple | None, seed: int,
                      log: Callable[[str], None], onnx: bool = False, peer_own_size: bool = True,
                      sizes: dict[str, tuple[int, int]] | None = None, peer_channels_last: bool = False
                      ) -> tuple[list[Candidate], dict]:
-    """Build every model to measure (CPU, eval mode, identical weights where possible) and check outputs.
+    """Build every model to measure at once (``--interleave all``): CPU, eval mode, identical weights where
+    possible, outputs checked.
 
     ``img_size``: an int or (H, W) for every model, or None for each spec's own size.  ``onnx``: add the ONNX
     forms (exported and checked here).  ``peer_own_size``: shared peers with a size of their own (SAM ViT: 1024)
@@ -630,112 +774,21 @@ def build_candidates(specs: Sequence[ModelSpec], peers: Sequence[str], img_size:
     (``--quick``).  ``peer_channels_last``: also time timm's model and the light peers (MobileNetV3) with
     channels_last weights, the layout evit_mm's deploy form uses (one line for a user:
     ``model.to(memory_format=torch.channels_last)``), so that the layout's share of the gain is visible."""
-    from timm.utils import reparameterize_model
-
-    def size_of(spec):
-        if sizes and spec.name in sizes:
-            return tuple(sizes[spec.name])
-        if img_size is None:
-            return tuple(spec.input_size)
-        return (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-
     candidates: list[Candidate] = []
     model_info: dict[str, dict] = {}
-    for spec in specs:
-        size = size_of(spec)
-        log(f'building {spec.name} at {size[0]}x{size[1]} ...')
-        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
-        model = spec.build(size).eval()
-        timm_model = None
-        if spec.timm_build is not None and 'timm' in peers:
-            timm_model = spec.timm_build(size).eval()
-            randomize_(timm_model, seed)
-            spec.weights_from_timm(model, timm_model)
-        else:
-            randomize_(model, seed)
-        with torch.inference_mode():
-            eager_out = _first(model(x))
-        deployed = spec.deploy(copy.deepcopy(model)).eval()
-        items = [('evit_mm', 'eager', model), ('evit_mm', 'deploy', deployed)]
-        if timm_model is not None:
-            items += [('timm', 'eager', timm_model), ('timm', 'fused', reparameterize_model(timm_model).eval())]
-            if peer_channels_last:
-                items.append(('timm', 'channels_last', _channels_last(timm_model)))
-        ref_out, reference = eager_out, 'evit_mm eager'
-        if timm_model is not None:
-            with torch.inference_mode():
-                ref_out, reference = _first(timm_model(x)), 'timm eager'
-        outputs = {}
-        with torch.inference_mode():
-            for impl, mode, m in items:
-                outputs[(impl, mode)] = _first(m(x))
-        if onnx:
-            for impl, source in [('evit_mm', spec.deploy(copy.deepcopy(model)).to(memory_format=torch.contiguous_format)),
-                                 ('timm', timm_model)]:
-                if source is None:
-                    continue
-                try:
-                    ort_module, diff = export_to_ort(source, size, seed)
-                except Exception as err:  # noqa: BLE001 - report and go on without this form
-                    log(f'WARNING: ONNX export of {spec.name} ({impl}) failed, skipped: {type(err).__name__}: {err}')
-                    continue
-                if diff > 1e-4:
-                    log(f'WARNING: {spec.name} {impl} ONNX differs from PyTorch by {diff:.3g}')
-                items.append((impl, 'onnx', ort_module))
-                with torch.inference_mode():
-                    outputs[(impl, 'onnx')] = ort_module(x)
-        macs = {'evit_mm': count_macs(model, size)}
-        info = dict(label=spec.label, family=spec.family, params=count_params(model),
-                    params_deploy=count_params(deployed), macs=macs['evit_mm'], input_size=list(size),
-                    params_backbone=count_params(spec.backbone()) if spec.backbone else None,
-                    timm_name=spec.timm_name, paper=spec.paper, reference_output=reference)
-        if timm_model is not None:
-            info['params_timm'] = count_params(timm_model)
-            info['macs_timm'] = macs['timm'] = count_macs(timm_model, size)
-        model_info[spec.name] = info
-        for impl, mode, m in items:
-            diff = (outputs[(impl, mode)] - ref_out).abs().max().item()
-            candidates.append(Candidate(key=f'{spec.name}/{impl}/{mode}', model_name=spec.name, impl=impl, mode=mode,
-                                        role='model', module=m,
-                                        params=info['params'] if impl == 'evit_mm' else info['params_timm'],
-                                        macs=macs[impl], spec=spec.name, max_abs_diff=diff, input_size=size,
-                                        cpu_batch=spec.cpu_batch, family=spec.family))
-            if diff > 1e-3 * max(1.0, ref_out.abs().max().item()):
-                log(f'WARNING: {spec.name} {impl} {mode} differs from {reference} by {diff:.3g}')
-
-    first_size = {}
-    for spec in specs:
-        first_size.setdefault(spec.family, size_of(spec))
-        first_size.setdefault(spec.family + '/cpu_batch', spec.cpu_batch)
-    for peer in peers:
-        p = PEER_SPECS[peer]
-        fams = [f for f in p.families if f in first_size]
-        if p.per_model or not fams:
-            continue
-        size = p.own_size if (p.own_size and peer_own_size) else first_size[fams[0]]
-        log(f'building peer {p.label} at {size[0]}x{size[1]} ...')
-        m = p.build(size).eval()
-        randomize_(m, seed)
-        macs = count_macs(m, size)
-        params = count_params(m)
-        forms = [('eager', m)]
-        if peer_channels_last and p.every_model:
-            forms.append(('channels_last', _channels_last(m)))
-        if onnx and p.onnx:
-            try:
-                ort_module, diff = export_to_ort(m, size, seed)
-                forms.append(('onnx', ort_module))
-                if diff > 1e-4:
-                    log(f'WARNING: {p.label} ONNX differs from PyTorch by {diff:.3g}')
-            except Exception as err:  # noqa: BLE001
-                log(f'WARNING: ONNX export of {p.label} failed, skipped: {type(err).__name__}: {err}')
-        for mode, module in forms:
-            candidates.append(Candidate(key=f'{p.model_name}/{peer}/{mode}', model_name=p.model_name, impl=peer,
-                                        mode=mode, role='peer', module=module, params=params, macs=macs, spec='',
-                                        input_size=size, cpu_batch=first_size[fams[0] + '/cpu_batch'],
-                                        family=fams[0], peer=peer, every_model=p.every_model))
-        model_info[p.model_name] = dict(label=p.label, family=fams[0], params=params, macs=macs, peer=peer,
-                                        input_size=list(size), description=p.description)
+    peers_built = set()
+    for group in plan_groups(specs, peers, img_size, sizes, peer_own_size):
+        cands, model_info[group.spec.name] = build_model_candidates(group.spec, group.size, peers, seed, log, onnx,
+                                                                     peer_channels_last)
+        candidates += cands
+    for group in plan_groups(specs, peers, img_size, sizes, peer_own_size):
+        for peer, size, family, cpu_batch in group.peers:
+            if peer in peers_built:
+                continue
+            peers_built.add(peer)
+            cands, info = build_peer_candidates(peer, size, family, cpu_batch, seed, log, onnx, peer_channels_last)
+            candidates += cands
+            model_info[PEER_SPECS[peer].model_name] = info
     return candidates, model_info
 
 
@@ -782,13 +835,16 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, file=sys.stderr, dynamic_ncols=True, leave=False, mininterval=0.5)
 
 
-def measure_setting(candidates: list[Candidate], setting: dict, args, log, progress: bool) -> list[dict]:
+def measure_setting(candidates: list[Candidate], setting: dict, args, log, progress: bool,
+                    t0: float | None = None, desc: str | None = None) -> list[dict]:
     """Measure every candidate under one setting, in rounds of one window per candidate (:func:`window_order`).
 
     ``setting``: ``device``, ``protocol`` ('cpu': fp32 at a fixed batch; 'gpu': autocast ``args.amp``, batch
     ``'max'`` (power-of-two search) or fixed, plus batch-1 latency), ``batch_size`` (None: each candidate's
     own CPU batch), ``threads`` (cpu), ``label``.  ONNX candidates run on the CPU protocol only.
     The protocol is independent of the device, so the GPU protocol's logic also runs (and is tested) on a CPU.
+    ``t0``: the clock origin of the windows' times (``time.perf_counter()``; shared by the groups of a run so that
+    windows of different groups can be paired); ``desc``: the progress bar's label (default: the setting's).
     """
     device, protocol = setting['device'], setting['protocol']
     amp_dtype = AMP_DTYPES.get(args.amp) if protocol == 'gpu' else None
@@ -829,9 +885,9 @@ def measure_setting(candidates: list[Candidate], setting: dict, args, log, progr
         phases = [('throughput', timers)] + ([('latency', latency_timers)] if latency_timers else [])
         order = window_order(candidates, args.peer_windows)
         total = sum(len(t) * (1 if args.warmup > 0 else 0) + len(order) * args.repeats for _, t in phases)
-        bar = _progress(total, progress, setting['label'])
+        bar = _progress(total, progress, desc or setting['label'])
         results: dict[tuple[str, str], dict] = {}
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if t0 is None else t0
         with torch.inference_mode():
             for phase, phase_timers in phases:
                 for key, timer in phase_timers.items():
@@ -865,7 +921,8 @@ def measure_setting(candidates: list[Candidate], setting: dict, args, log, progr
         latency_timers.clear()
         empty_cache()
     load_after = _loadavg()
-    if load_before is not None and load_before > (os.cpu_count() or 1):
+    if load_before is not None and load_before > (os.cpu_count() or 1) and not getattr(args, '_load_warned', False):
+        args._load_warned = True  # once per run
         log(f'WARNING: the 1-minute load average was {load_before:.2f} on {os.cpu_count()} CPUs when '
             f'"{setting["label"]}" started: other processes compete for the cores; compare ratios, and distrust '
             'multi-thread figures')
@@ -889,6 +946,59 @@ def measure_setting(candidates: list[Candidate], setting: dict, args, log, progr
             row['latency_windows'] = lat['windows']
         rows.append(row)
     return rows
+
+
+def merge_rows(into: dict, row: dict) -> None:
+    """Add ``row``'s windows (the same candidate and setting, timed in another group) to ``into`` and recompute
+    the medians: a shared peer timed beside every model gets one row with all its windows."""
+    into['windows'] = into['windows'] + row['windows']
+    into['images_per_s'] = statistics.median(w['images_per_s'] for w in into['windows'])
+    into['images_per_s_best'] = max(w['images_per_s'] for w in into['windows'])
+    into['ms_per_batch'] = 1000.0 * into['batch_size'] / into['images_per_s']
+    if 'latency_windows' in row:
+        into['latency_windows'] = into.get('latency_windows', []) + row['latency_windows']
+        into['latency_ms'] = statistics.median(1000.0 / w['images_per_s'] for w in into['latency_windows'])
+    into['loadavg_after'] = row['loadavg_after']
+
+
+def run_by_model(args, settings: Sequence[dict], log, progress: bool) -> tuple[list[dict], dict]:
+    """Build, time and free one group (:func:`plan_groups`: a model's forms and the peers timed beside it) at a
+    time, so that a run's memory is that of its largest model rather than the sum of all of them (a run of
+    B0..B3 and L0..L3 built at once needs more than 22 GiB).  A light peer (MobileNetV3) stays built for the
+    whole family and its windows from every group make one row.  Windows share one clock, so a ratio still pairs
+    each window with the other candidate's nearest one.  Returns (rows, models info)."""
+    import gc
+
+    groups = plan_groups(args.specs, args.peers, args.img_size, args.sizes, peer_own_size=not args.quick,
+                         peer_windows=args.peer_windows)
+    models, peer_models, merged = {}, {}, {}
+    kept: dict[tuple[str, str], list[Candidate]] = {}  # (peer, family) -> the light peer's candidates
+    t0 = time.perf_counter()
+    for i, group in enumerate(groups):
+        cands, models[group.spec.name] = build_model_candidates(group.spec, group.size, args.peers, args.seed, log,
+                                                                args.onnx, args.peer_channels_last)
+        for peer, size, family, cpu_batch in group.peers:
+            if (peer, family) not in kept:
+                built, peer_models[PEER_SPECS[peer].model_name] = build_peer_candidates(
+                    peer, size, family, cpu_batch, args.seed, log, args.onnx, args.peer_channels_last)
+                kept[(peer, family)] = built
+            cands += kept[(peer, family)]
+        for setting in settings:
+            desc = f"{setting['label']} | {group.spec.name} ({i + 1}/{len(groups)})"
+            for row in measure_setting(cands, setting, args, log, progress, t0=t0, desc=desc):
+                key = (row['setting'], row['model'], row['impl'], row['mode'])
+                if key in merged:
+                    merge_rows(merged[key], row)
+                else:
+                    merged[key] = row
+        del cands
+        later = {g.spec.family for g in groups[i + 1:]}
+        for key in [k for k in kept if k[1] not in later or not PEER_SPECS[k[0]].every_model]:
+            del kept[key]  # the family is done (or a heavy peer: timed in its one group)
+        gc.collect()
+    labels = [s['label'] for s in settings]
+    rows = sorted(merged.values(), key=lambda r: (labels.index(r['setting']), r['role'] == 'peer'))
+    return rows, {**models, **peer_models}
 
 
 def window_order(candidates: Sequence[Candidate], peer_windows: str = 'per-model') -> list[str]:
@@ -1039,8 +1149,8 @@ def markdown_tables(result: dict) -> str:
         protocol = srows[0]['protocol']
         unit = ('images/s @ largest power-of-two batch / batch-1 latency' if protocol == 'gpu'
                 else 'images/s (time per batch)')
-        load = [srows[0].get('loadavg_before'), srows[0].get('loadavg_after')]
-        load_text = f"; 1-min load average {load[0]:.1f} before, {load[1]:.1f} after" if None not in load else ''
+        load = [v for r in srows for v in (r.get('loadavg_before'), r.get('loadavg_after')) if v is not None]
+        load_text = f"; 1-min load average {min(load):.1f} to {max(load):.1f}" if load else ''
         lines += ['', f"### {setting}", '',
                   f"{unit}, median of {meta['repeats']} windows of {meta['duration']:g} s{load_text}. Ratios: median "
                   "over the windows of the ratio to the other model's nearest window.", '']
@@ -1214,6 +1324,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--peer-windows', choices=['per-model', 'once'], default='per-model',
                         help='time a light shared peer (MobileNetV3) after every model of its family (default), so '
                              'that each ratio against it pairs adjacent windows, or once per round')
+    parser.add_argument('--interleave', choices=['model', 'all'], default='model',
+                        help='model (default): build, time and free one model at a time (its evit_mm and timm '
+                             "forms, its family's peers beside it), so memory is that of the largest model; all: "
+                             'build every candidate first and interleave all of them in each round (memory: all '
+                             'models at once)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the inputs and weights')
     parser.add_argument('--out-dir', default=osp.join('work_dirs', 'benchmark'),
                         help='where benchmark.json, benchmark.md and speed_vs_params.png go '
@@ -1326,13 +1441,16 @@ def main(argv=None) -> int:
 
     saved_threads = torch.get_num_threads()
     try:
-        candidates, models = build_candidates(args.specs, args.peers, args.img_size, args.seed, log,
-                                              onnx=args.onnx, peer_own_size=not args.quick, sizes=args.sizes,
-                                              peer_channels_last=args.peer_channels_last)
-        log(f'{len(candidates)} candidates x {len(settings)} setting(s), about {estimate / 60:.1f} min of timing')
-        rows = []
-        for setting in settings:
-            rows += measure_setting(candidates, setting, args, log, progress)
+        log(f'{len(args.specs)} model(s) x {len(settings)} setting(s), about {estimate / 60:.1f} min of timing')
+        if args.interleave == 'model':
+            rows, models = run_by_model(args, settings, log, progress)
+        else:
+            candidates, models = build_candidates(args.specs, args.peers, args.img_size, args.seed, log,
+                                                  onnx=args.onnx, peer_own_size=not args.quick, sizes=args.sizes,
+                                                  peer_channels_last=args.peer_channels_last)
+            rows = []
+            for setting in settings:
+                rows += measure_setting(candidates, setting, args, log, progress)
     finally:
         torch.set_num_threads(saved_threads)
 
@@ -1341,7 +1459,7 @@ def main(argv=None) -> int:
                 gpu_batch_size=args.gpu_batch_size, max_batch=args.max_batch, amp=args.amp, warmup_s=args.warmup,
                 duration=args.duration, repeats=args.repeats, seed=args.seed, peers=args.peers, onnx=args.onnx,
                 peer_channels_last=args.peer_channels_last,
-                peer_windows=args.peer_windows,
+                peer_windows=args.peer_windows, interleave=args.interleave,
                 statistic='median over repeats of images/s of a timed window; ms_per_batch = 1000 * batch / that',
                 flops_convention='MACs (multiply-accumulates) per image at batch 1, counted by '
                                  'torch.utils.flop_counter.FlopCounterMode (conv + matmul ops) and divided by 2; '
