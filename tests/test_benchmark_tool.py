@@ -63,18 +63,19 @@ def test_runs_and_writes_json_table_and_png(bench, tmp_path, capsys):
                    ('efficientvit_m0', 'timm', 'fused'), ('efficientvit_m0', 'timm', 'onnx'),
                    ('efficientvit_m0', 'timm', 'channels_last'), ('mobilenetv3_large_100', 'mobilenetv3', 'eager'),
                    ('mobilenetv3_large_100', 'mobilenetv3', 'channels_last'),
+                   ('mobilenetv3_large_100', 'mobilenetv3', 'fused_channels_last'),
                    ('mobilenetv3_large_100', 'mobilenetv3', 'onnx')}
     for row in rows:
         assert row['images_per_s'] > 0 and row['ms_per_batch'] > 0 and row['batch_size'] == 2
         assert row['threads'] == 1 and row['device'] == 'cpu' and len(row['windows']) == 1
         assert row['macs'] > 0 and row['params'] > 0
-        if row['role'] == 'model':
-            assert row['max_abs_diff'] < 1e-4  # same weights, same function (onnxruntime included)
+        if row['role'] == 'model' or row['mode'] in ('channels_last', 'fused_channels_last'):
+            assert row['max_abs_diff'] < 1e-4  # same weights, same function (onnxruntime, BN folding included)
     ratios = result['ratios']
     assert len(ratios) == 1
     assert {'eager/timm', 'deploy/timm', 'deploy/timm_fused', 'onnx/timm_onnx', 'eager/mobilenetv3',
             'deploy/mobilenetv3', 'onnx/mobilenetv3_onnx', 'onnx/deploy', 'deploy/timm_channels_last',
-            'deploy/mobilenetv3_channels_last'} <= set(ratios[0])
+            'deploy/mobilenetv3_channels_last', 'deploy/mobilenetv3_fused_channels_last'} <= set(ratios[0])
     assert all(v > 0 for k, v in ratios[0].items() if '/' in k)
 
     assert '| efficientvit_m0 |' in (out / 'benchmark.md').read_text()
@@ -248,3 +249,19 @@ def test_one_model_at_a_time_frees_each_group_and_merges_the_peer_windows(bench,
     assert bench.main([*args, '--interleave', 'all', '--out-dir', str(tmp_path / 'all')]) == 0
     rows_all = json.loads((tmp_path / 'all' / 'benchmark.json').read_text())['results']
     assert {(r['model'], r['impl'], r['mode']) for r in rows_all} == {(r['model'], r['impl'], r['mode']) for r in rows}
+
+
+def test_fold_batchnorm_removes_every_bn_of_mobilenetv3_and_keeps_its_function(bench):
+    import copy
+    import timm
+    from conftest import randomize_batchnorm_
+    model = randomize_batchnorm_(timm.create_model('mobilenetv3_large_100'), 0, weights=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = copy.deepcopy(model)
+    folded = bench.fold_batchnorm(model, x[:1])
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 40  # the input model is untouched
+    with torch.no_grad():
+        want = before(x)
+        assert torch.equal(model(x), want)
+        assert (folded(x) - want).abs().max() <= 1e-4 * want.abs().max()

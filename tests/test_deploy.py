@@ -74,8 +74,8 @@ def test_deploy_keeps_outputs(factory, size):
 
 @pytest.mark.parametrize('arch, act, algorithm', [('l0', nn.GELU, 'tanh'), ('b0', nn.Hardswish, '')])
 def test_deployed_mit_convs_run_their_activation_as_a_onednn_post_op(arch, act, algorithm, monkeypatch):
-    """After deploy, fp32 CPU inference runs conv+activation as one oneDNN call; calls with autograd on or under
-    autocast take the plain conv -> activation path (ONNX export too: test_onnx_export_matches_pytorch_in_onnxruntime).
+    """After deploy, fp32 CPU inference runs conv+activation as one oneDNN call; calls with autograd on, under
+    autocast or with oneDNN disabled take the plain conv -> activation path (ONNX export too: test_onnx_export_matches_pytorch_in_onnxruntime).
     Both paths give the same values."""
     import evit_mm.models.efficientvit_mit as mit
     model = _randomize(EfficientViTL(arch) if arch.startswith('l') else EfficientViTB(arch))
@@ -106,7 +106,11 @@ def test_deployed_mit_convs_run_their_activation_as_a_onednn_post_op(arch, act, 
     with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
         deployed(x)  # autocast: the plain path (oneDNN's fused call would bypass autocast's dtype choice)
     assert not calls
+    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
+        no_onednn = deployed(x)  # oneDNN switched off: the plain path
+    assert not calls
     _assert_close_rel(fused, plain, rtol=1e-5)
+    _assert_close_rel(fused, no_onednn, rtol=1e-5)
     with torch.no_grad():
         _assert_close_rel(fused, model(x))
 

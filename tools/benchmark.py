@@ -18,7 +18,8 @@ Forms of each evit_mm model:
 
 and of the peers: ``eager``; timm's same architecture also ``fused`` (``timm.utils.reparameterize_model``),
 ``channels_last`` (its eager model with NHWC weights, the layout of evit_mm's deploy form) and ``onnx`` (timm's eager
-model exported the same way); MobileNetV3-Large also ``channels_last`` and ``onnx``.  The evit_mm and timm models
+model exported the same way); MobileNetV3-Large also ``channels_last``, ``fused_channels_last`` (BNs folded, as
+Cream's speed test removes them, and NHWC weights) and ``onnx``.  The evit_mm and timm models
 run identical weights (timm's, with randomised BatchNorm statistics and attention biases, copied through evit_mm's
 converters) and their outputs are compared before any timing (``max_abs_diff``; timm's LiteMLA eps is set to the
 reference's 1e-15 for the comparison).  Every ONNX graph is checked against its PyTorch model in onnxruntime.
@@ -206,6 +207,32 @@ def export_to_ort(model: nn.Module, input_size: tuple[int, int], seed: int) -> t
 
 def _channels_last(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` with every BatchNorm folded into the conv that runs just before it (timm's
+    ``BatchNormAct2d`` becomes its activation), found by running ``example`` with hooks: what Cream's speed test
+    does to every model it times (it removes the BNs), for peers that have no folding of their own
+    (MobileNetV3).  The caller checks the outputs."""
+    from evit_mm.models.fuse import fuse_conv_bn
+    model = copy.deepcopy(model).eval()
+    order, hooks = [], []
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)):
+            hooks.append(module.register_forward_hook(lambda m, i, o: order.append(m)))
+    model(example)
+    for h in hooks:
+        h.remove()
+    where = {id(m): (parent, name) for parent in model.modules() for name, m in parent.named_children()}
+    for prev, module in zip(order, order[1:]):
+        if isinstance(module, nn.BatchNorm2d) and type(prev) is nn.Conv2d and prev.out_channels == module.num_features:
+            parent, name = where[id(prev)]
+            setattr(parent, name, fuse_conv_bn(prev, module))
+            parent, name = where[id(module)]
+            act, drop = getattr(module, 'act', nn.Identity()), getattr(module, 'drop', nn.Identity())
+            setattr(parent, name, nn.Sequential(drop, act) if not isinstance(drop, nn.Identity) else act)
+    return model
 
 
 def _first(out) -> torch.Tensor:
@@ -711,6 +738,8 @@ def build_peer_candidates(peer: str, size: tuple[int, int], family: str, cpu_bat
     forms = [('eager', m)]
     if peer_channels_last and p.every_model:
         forms.append(('channels_last', _channels_last(m)))
+        # the strongest eager form: BNs folded (as Cream's speed test does) and NHWC weights
+        forms.append(('fused_channels_last', _channels_last(fold_batchnorm(m, torch.randn(1, 3, *size)))))
     if onnx and p.onnx:
         try:
             ort_module, diff = export_to_ort(m, size, seed)
@@ -719,9 +748,20 @@ def build_peer_candidates(peer: str, size: tuple[int, int], family: str, cpu_bat
                 log(f'WARNING: {p.label} ONNX differs from PyTorch by {diff:.3g}')
         except Exception as err:  # noqa: BLE001
             log(f'WARNING: ONNX export of {p.label} failed, skipped: {type(err).__name__}: {err}')
+    diffs = {}
+    if len([f for f in forms if f[0] != 'onnx']) > 1:  # other PyTorch forms: same function as the eager model?
+        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
+        with torch.inference_mode():
+            ref = _first(m(x))
+            for mode, module in forms:
+                if mode not in ('eager', 'onnx'):
+                    diffs[mode] = (_first(module(x)) - ref).abs().max().item()
+                    if diffs[mode] > 1e-3 * max(1.0, ref.abs().max().item()):
+                        log(f'WARNING: {p.label} {mode} differs from its eager form by {diffs[mode]:.3g}')
     candidates = [Candidate(key=f'{p.model_name}/{peer}/{mode}', model_name=p.model_name, impl=peer, mode=mode,
                             role='peer', module=module, params=params, macs=macs, spec='', input_size=size,
-                            cpu_batch=cpu_batch, family=family, peer=peer, every_model=p.every_model)
+                            cpu_batch=cpu_batch, family=family, peer=peer, every_model=p.every_model,
+                            max_abs_diff=diffs.get(mode))
                   for mode, module in forms]
     info = dict(label=p.label, family=family, params=params, macs=macs, peer=peer, input_size=list(size),
                 description=p.description)
@@ -1052,6 +1092,7 @@ RATIOS = [
     ('onnx/{peer}_onnx', ('evit_mm', 'onnx'), ('{peer}', 'onnx')),
     ('deploy/timm_channels_last', ('evit_mm', 'deploy'), ('timm', 'channels_last')),
     ('deploy/{peer}_channels_last', ('evit_mm', 'deploy'), ('{peer}', 'channels_last')),
+    ('deploy/{peer}_fused_channels_last', ('evit_mm', 'deploy'), ('{peer}', 'fused_channels_last')),
     ('onnx/deploy', ('evit_mm', 'onnx'), ('evit_mm', 'deploy')),
 ]
 
@@ -1166,8 +1207,9 @@ def markdown_tables(result: dict) -> str:
                 diffs = [r['max_abs_diff'] for r in by.values() if r.get('max_abs_diff') is not None]
                 any_row = next(iter(by.values()))
                 label = impl if impl != 'peer' else result['models'].get(model, {}).get('label', model) + ' (peer)'
+                fused = by.get('deploy') or by.get('fused') or by.get('fused_channels_last')
                 lines.append(f"| {model} | {label} | {any_row['batch_size']} | {_fmt_speed(by.get('eager'), protocol)} "
-                             f"| {_fmt_speed(by.get('deploy') or by.get('fused'), protocol)} | "
+                             f"| {_fmt_speed(fused, protocol)}{' (NHWC)' if 'fused_channels_last' in by else ''} | "
                              f"{_fmt_speed(by.get('channels_last'), protocol)} | "
                              f"{_fmt_speed(by.get('onnx'), protocol)} | {f'{max(diffs):.1e}' if diffs else '–'} |")
             entries = [e for e in ratios if e['setting'] == setting and
@@ -1441,7 +1483,8 @@ def main(argv=None) -> int:
 
     saved_threads = torch.get_num_threads()
     try:
-        log(f'{len(args.specs)} model(s) x {len(settings)} setting(s), about {estimate / 60:.1f} min of timing')
+        log(f'{len(args.specs)} model(s) x {len(settings)} setting(s): at least {estimate / 60:.1f} min of timing '
+            '(more where one call outlasts a window; building, output checks and ONNX export come on top)')
         if args.interleave == 'model':
             rows, models = run_by_model(args, settings, log, progress)
         else:

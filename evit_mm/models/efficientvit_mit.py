@@ -59,7 +59,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint as _grad_checkpoint
 
 from .checkpoint import load_state_dict_strict, read_checkpoint
-from .fuse import fuse_conv_bn
+from .fuse import fuse_conv_bn, onednn_applies as _onednn_applies, onednn_post_op as _onednn_post_op
 
 __all__ = [
     # building blocks
@@ -155,27 +155,6 @@ class ConvNormAct(nn.Module):
         if self.dropout is None and self.conv.padding_mode == 'zeros' and torch.backends.mkldnn.is_available():
             self.onednn = _onednn_post_op(self.act)
         return self
-
-
-def _onednn_post_op(act: Optional[nn.Module]) -> Optional[tuple]:
-    """The post-op arguments of ``torch.ops.mkldnn._convolution_pointwise`` computing ``act`` (None: unknown)."""
-    if act is None:
-        return 'none', [], ''
-    if isinstance(act, nn.GELU):
-        return 'gelu', [], act.approximate  # 'tanh' (the reference's) or 'none' (erf)
-    if isinstance(act, nn.ReLU6):
-        return 'hardtanh', [0.0, 6.0], ''
-    for cls, attr in ((nn.ReLU, 'relu'), (nn.Hardswish, 'hardswish'), (nn.SiLU, 'swish')):
-        if type(act) is cls:
-            return attr, [], ''
-    return None
-
-
-def _onednn_applies(x: torch.Tensor) -> bool:
-    """fp32 CPU inference outside autograd, autocast, tracing for ONNX and TorchScript."""
-    return (x.device.type == 'cpu' and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled('cpu') and not torch.onnx.is_in_onnx_export()
-            and not torch.jit.is_scripting() and not torch.jit.is_tracing())
 
 
 class DSConv(nn.Module):

@@ -1,10 +1,14 @@
-"""Folding BatchNorm into the neighbouring conv/linear layer, for deploy mode (pure PyTorch)."""
+"""Deploy-mode helpers (pure PyTorch): folding BatchNorm into the neighbouring conv/linear layer, and deciding
+when a conv may run with its activation as one oneDNN call on the CPU."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
 
-__all__ = ['bn_scale_shift', 'fuse_conv_bn', 'fuse_linear_bn', 'fuse_bn_linear']
+__all__ = ['bn_scale_shift', 'fuse_conv_bn', 'fuse_linear_bn', 'fuse_bn_linear', 'onednn_post_op',
+           'onednn_applies']
 
 
 @torch.no_grad()
@@ -55,3 +59,28 @@ def fuse_bn_linear(bn: nn.modules.batchnorm._BatchNorm, linear: nn.Linear) -> nn
                                                                      dtype=shift.dtype)
     fused.bias.copy_(bias + linear.weight @ shift)
     return fused
+
+
+# ------------------------------------------------------------------------------------------------ oneDNN post-ops
+def onednn_post_op(act: Optional[nn.Module]) -> Optional[tuple]:
+    """The post-op arguments (attr, scalars, algorithm) of ``torch.ops.mkldnn._convolution_pointwise`` that
+    compute ``act`` after the conv (None: an activation oneDNN has no post-op for)."""
+    if act is None:
+        return 'none', [], ''
+    if isinstance(act, nn.GELU):
+        return 'gelu', [], act.approximate  # 'tanh' (the reference's) or 'none' (erf)
+    if isinstance(act, nn.ReLU6):
+        return 'hardtanh', [0.0, 6.0], ''
+    for cls, attr in ((nn.ReLU, 'relu'), (nn.Hardswish, 'hardswish'), (nn.SiLU, 'swish')):
+        if type(act) is cls:
+            return attr, [], ''
+    return None
+
+
+def onednn_applies(x: torch.Tensor) -> bool:
+    """Whether a fused oneDNN call may replace the plain ops: fp32 CPU inference outside autograd, autocast,
+    tracing for ONNX and TorchScript, with oneDNN enabled (``torch.backends.mkldnn.flags(enabled=False)`` turns
+    the fused calls off too)."""
+    return (x.device.type == 'cpu' and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled('cpu')
+            and not torch.onnx.is_in_onnx_export() and not torch.jit.is_scripting() and not torch.jit.is_tracing())
