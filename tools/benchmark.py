@@ -742,13 +742,13 @@ def build_peer_candidates(peer: str, size: tuple[int, int], family: str, cpu_bat
         forms.append(('fused_channels_last', _channels_last(fold_batchnorm(m, torch.randn(1, 3, *size)))))
     if onnx and p.onnx:
         try:
-            ort_module, diff = export_to_ort(m, size, seed)
+            ort_module, onnx_diff = export_to_ort(m, size, seed)
             forms.append(('onnx', ort_module))
-            if diff > 1e-4:
-                log(f'WARNING: {p.label} ONNX differs from PyTorch by {diff:.3g}')
+            if onnx_diff > 1e-4:
+                log(f'WARNING: {p.label} ONNX differs from PyTorch by {onnx_diff:.3g}')
         except Exception as err:  # noqa: BLE001
             log(f'WARNING: ONNX export of {p.label} failed, skipped: {type(err).__name__}: {err}')
-    diffs = {}
+    diffs = {'onnx': onnx_diff} if any(mode == 'onnx' for mode, _ in forms) else {}
     if len([f for f in forms if f[0] != 'onnx']) > 1:  # other PyTorch forms: same function as the eager model?
         x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
         with torch.inference_mode():
