@@ -265,3 +265,12 @@ def test_fold_batchnorm_removes_every_bn_of_mobilenetv3_and_keeps_its_function(b
         want = before(x)
         assert torch.equal(model(x), want)
         assert (folded(x) - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_a_loaded_machine_is_warned_about_once_per_setting(bench):
+    logged = []
+    cpus = __import__('os').cpu_count()
+    rows = [dict(setting='a', loadavg_before=cpus + 1.5), dict(setting='a', loadavg_before=cpus + 3.0),
+            dict(setting='b', loadavg_before=0.1), dict(setting='c', loadavg_before=None)]
+    bench.warn_if_loaded(rows, logged.append)
+    assert len(logged) == 1 and f'{cpus + 3.0:.2f}' in logged[0] and '"a"' in logged[0]

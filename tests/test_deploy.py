@@ -75,8 +75,8 @@ def test_deploy_keeps_outputs(factory, size):
 @pytest.mark.parametrize('arch, act, algorithm', [('l0', nn.GELU, 'tanh'), ('b0', nn.Hardswish, '')])
 def test_deployed_mit_convs_run_their_activation_as_a_onednn_post_op(arch, act, algorithm, monkeypatch):
     """After deploy, fp32 CPU inference runs conv+activation as one oneDNN call; calls with autograd on, under
-    autocast or with oneDNN disabled take the plain conv -> activation path (ONNX export too: test_onnx_export_matches_pytorch_in_onnxruntime).
-    Both paths give the same values."""
+    autocast or with oneDNN disabled take the plain conv -> activation path (ONNX export too:
+    test_onnx_export_matches_pytorch_in_onnxruntime). Both paths give the same values."""
     import evit_mm.models.efficientvit_mit as mit
     model = _randomize(EfficientViTL(arch) if arch.startswith('l') else EfficientViTB(arch))
     deployed = evit_mm.deploy(copy.deepcopy(model))

@@ -39,10 +39,10 @@ windows.  Windows are interleaved in rounds (one window of every candidate per r
 back, a light shared peer such as MobileNetV3 after every model of its family, heavy peers once per round), so
 that load changes on a shared machine hit the compared models alike.  By default (``--interleave model``) one
 model is built, timed and freed at a time, with its timm forms and its family's peers beside it, so that memory is
-that of the largest model; ``--interleave all`` builds everything first and interleaves all candidates.  Each ratio is the median over the windows of
-the ratio to the other candidate's window nearest in time.  Params are counted on the timed model; MACs with
-``torch.utils.flop_counter.FlopCounterMode`` at batch 1 on the meta device, reported as multiply-accumulates
-(conv + matmul only), the papers' convention.
+that of the largest model; ``--interleave all`` builds everything first and interleaves all candidates.  Each
+ratio is the median over the windows of the ratio to the other candidate's window nearest in time.  Params are
+counted on the timed model; MACs with ``torch.utils.flop_counter.FlopCounterMode`` at batch 1 on the meta device,
+reported as multiply-accumulates (conv + matmul only), the papers' convention.
 
 Outputs: markdown tables on stdout, and in ``--out-dir``: ``benchmark.json`` (every window, the machine, the
 settings), ``benchmark.md`` (the tables) and ``speed_vs_params.png``.
@@ -237,6 +237,14 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 def _first(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def _max_abs_diff(out: torch.Tensor, ref: torch.Tensor, what: str, log: Callable[[str], None]) -> float:
+    """max |out - ref|, with a warning when it exceeds 1e-3 of the reference's scale (not the same function)."""
+    diff = (out - ref).abs().max().item()
+    if diff > 1e-3 * max(1.0, ref.abs().max().item()):
+        log(f'WARNING: {what} by {diff:.3g}')
+    return diff
 
 
 def _set_litemla_eps(model: nn.Module, eps: float) -> nn.Module:
@@ -690,7 +698,7 @@ def build_model_candidates(spec: ModelSpec, size: tuple[int, int], peers: Sequen
         for impl, mode, m in items:
             outputs[(impl, mode)] = _first(m(x))
     if onnx:
-        for impl, source in [('evit_mm', spec.deploy(copy.deepcopy(model)).to(memory_format=torch.contiguous_format)),
+        for impl, source in [('evit_mm', copy.deepcopy(deployed).to(memory_format=torch.contiguous_format)),
                              ('timm', timm_model)]:
             if source is None:
                 continue
@@ -714,14 +722,12 @@ def build_model_candidates(spec: ModelSpec, size: tuple[int, int], peers: Sequen
         info['macs_timm'] = macs['timm'] = count_macs(timm_model, size)
     candidates = []
     for impl, mode, m in items:
-        diff = (outputs[(impl, mode)] - ref_out).abs().max().item()
+        diff = _max_abs_diff(outputs[(impl, mode)], ref_out, f'{spec.name} {impl} {mode} differs from {reference}', log)
         candidates.append(Candidate(key=f'{spec.name}/{impl}/{mode}', model_name=spec.name, impl=impl, mode=mode,
                                     role='model', module=m,
                                     params=info['params'] if impl == 'evit_mm' else info['params_timm'],
                                     macs=macs[impl], spec=spec.name, max_abs_diff=diff, input_size=size,
                                     cpu_batch=spec.cpu_batch, family=spec.family))
-        if diff > 1e-3 * max(1.0, ref_out.abs().max().item()):
-            log(f'WARNING: {spec.name} {impl} {mode} differs from {reference} by {diff:.3g}')
     return candidates, info
 
 
@@ -736,28 +742,25 @@ def build_peer_candidates(peer: str, size: tuple[int, int], family: str, cpu_bat
     macs = count_macs(m, size)
     params = count_params(m)
     forms = [('eager', m)]
+    diffs = {}  # each other form's max abs diff to the eager form
     if peer_channels_last and p.every_model:
         forms.append(('channels_last', _channels_last(m)))
         # the strongest eager form: BNs folded (as Cream's speed test does) and NHWC weights
         forms.append(('fused_channels_last', _channels_last(fold_batchnorm(m, torch.randn(1, 3, *size)))))
-    if onnx and p.onnx:
-        try:
-            ort_module, onnx_diff = export_to_ort(m, size, seed)
-            forms.append(('onnx', ort_module))
-            if onnx_diff > 1e-4:
-                log(f'WARNING: {p.label} ONNX differs from PyTorch by {onnx_diff:.3g}')
-        except Exception as err:  # noqa: BLE001
-            log(f'WARNING: ONNX export of {p.label} failed, skipped: {type(err).__name__}: {err}')
-    diffs = {'onnx': onnx_diff} if any(mode == 'onnx' for mode, _ in forms) else {}
-    if len([f for f in forms if f[0] != 'onnx']) > 1:  # other PyTorch forms: same function as the eager model?
         x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
         with torch.inference_mode():
             ref = _first(m(x))
-            for mode, module in forms:
-                if mode not in ('eager', 'onnx'):
-                    diffs[mode] = (_first(module(x)) - ref).abs().max().item()
-                    if diffs[mode] > 1e-3 * max(1.0, ref.abs().max().item()):
-                        log(f'WARNING: {p.label} {mode} differs from its eager form by {diffs[mode]:.3g}')
+            for mode, module in forms[1:]:
+                what = f'{p.label} {mode} differs from its eager form'
+                diffs[mode] = _max_abs_diff(_first(module(x)), ref, what, log)
+    if onnx and p.onnx:
+        try:
+            ort_module, diffs['onnx'] = export_to_ort(m, size, seed)
+            forms.append(('onnx', ort_module))
+            if diffs['onnx'] > 1e-4:
+                log(f'WARNING: {p.label} ONNX differs from PyTorch by {diffs["onnx"]:.3g}')
+        except Exception as err:  # noqa: BLE001
+            log(f'WARNING: ONNX export of {p.label} failed, skipped: {type(err).__name__}: {err}')
     candidates = [Candidate(key=f'{p.model_name}/{peer}/{mode}', model_name=p.model_name, impl=peer, mode=mode,
                             role='peer', module=module, params=params, macs=macs, spec='', input_size=size,
                             cpu_batch=cpu_batch, family=family, peer=peer, every_model=p.every_model,
@@ -817,11 +820,12 @@ def build_candidates(specs: Sequence[ModelSpec], peers: Sequence[str], img_size:
     candidates: list[Candidate] = []
     model_info: dict[str, dict] = {}
     peers_built = set()
-    for group in plan_groups(specs, peers, img_size, sizes, peer_own_size):
+    groups = plan_groups(specs, peers, img_size, sizes, peer_own_size)
+    for group in groups:
         cands, model_info[group.spec.name] = build_model_candidates(group.spec, group.size, peers, seed, log, onnx,
                                                                      peer_channels_last)
         candidates += cands
-    for group in plan_groups(specs, peers, img_size, sizes, peer_own_size):
+    for group in groups:
         for peer, size, family, cpu_batch in group.peers:
             if peer in peers_built:
                 continue
@@ -961,11 +965,6 @@ def measure_setting(candidates: list[Candidate], setting: dict, args, log, progr
         latency_timers.clear()
         empty_cache()
     load_after = _loadavg()
-    if load_before is not None and load_before > (os.cpu_count() or 1) and not getattr(args, '_load_warned', False):
-        args._load_warned = True  # once per run
-        log(f'WARNING: the 1-minute load average was {load_before:.2f} on {os.cpu_count()} CPUs when '
-            f'"{setting["label"]}" started: other processes compete for the cores; compare ratios, and distrust '
-            'multi-thread figures')
 
     for cand in candidates:
         res = results[('throughput', cand.key)]
@@ -986,6 +985,17 @@ def measure_setting(candidates: list[Candidate], setting: dict, args, log, progr
             row['latency_windows'] = lat['windows']
         rows.append(row)
     return rows
+
+
+def warn_if_loaded(rows: Sequence[dict], log) -> None:
+    """Once per setting: warn when the 1-minute load average exceeded the CPU count as one of its timings
+    started (other processes competed for the cores)."""
+    for setting in dict.fromkeys(r['setting'] for r in rows):
+        loads = [r['loadavg_before'] for r in rows if r['setting'] == setting and r.get('loadavg_before') is not None]
+        if loads and max(loads) > (os.cpu_count() or 1):
+            log(f'WARNING: the 1-minute load average reached {max(loads):.2f} on {os.cpu_count()} CPUs while '
+                f'"{setting}" was timed: other processes compete for the cores; compare ratios, and distrust '
+                'multi-thread figures')
 
 
 def merge_rows(into: dict, row: dict) -> None:
@@ -1494,6 +1504,7 @@ def main(argv=None) -> int:
             rows = []
             for setting in settings:
                 rows += measure_setting(candidates, setting, args, log, progress)
+        warn_if_loaded(rows, log)
     finally:
         torch.set_num_threads(saved_threads)
 
