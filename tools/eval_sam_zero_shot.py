@@ -13,13 +13,14 @@ from the json (``--dataset`` to force it). ``--image-dir``: COCO's ``val2017`` f
 ``--model``: EfficientViT-SAM ``l0`` ``l1`` ``l2`` ``xl0`` ``xl1``, segment-anything's ``sam_vit_b``
 ``sam_vit_l`` ``sam_vit_h`` (with ``--checkpoint``; without it the weights are random and the numbers
 meaningless), or ``oracle`` (answers with the ground truth: a check of the data and of the pipeline, which must
-give mIoU 100 and AP 1.0).
+give mIoU 100 and AP 1.0, unless two annotations of an image get the very same prompt; docs/sam_zero_shot.md).
 
 Per-image results go to ``OUT/per_image.jsonl`` as they are made: rerunning the same command resumes an
 interrupted run (``--restart`` starts over). At the end: a table on stdout and ``OUT/results.json``.
 ``--vis N`` draws the prompts and kept masks of the first N images evaluated into ``OUT/vis/*.png``.
-Bad inputs (crowd, empty or degenerate annotations, missing images, detections on unknown images...) are
-reported and counted, never dropped silently.
+Bad inputs (crowd, empty, invalid or degenerate annotations, missing images, detections on unknown images...)
+are reported and counted, never dropped silently. A run that evaluates no image at all (e.g. a wrong
+``--image-dir``) exits with status 1 after writing its (empty) results.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import os
 import os.path as osp
 import sys
 import time
+from collections import Counter
 
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -59,6 +61,8 @@ def parse_args(argv=None):
         ap.error('--mode detector needs --det-file (a COCO-results json of detections, e.g. coco_vitdet.json)')
     if any(c < 1 for c in args.clicks):
         ap.error(f'--clicks must be >= 1, got {args.clicks}')
+    if args.max_images is not None and args.max_images < 1:
+        ap.error(f'--max-images must be >= 1, got {args.max_images}')
     return args
 
 
@@ -95,6 +99,15 @@ def draw(record, dataset, out_dir: str, detections) -> list:
         im.save(path)
         written.append(path)
     return written
+
+
+def no_image_reason(records, ann_file: str) -> str:
+    """Why a run evaluated no image: the json lists none, or what happened to each (counts by status)."""
+    if not records:
+        return f'{ann_file} lists no image'
+    counts = Counter(r['status'] for r in records)
+    statuses = ', '.join(f'{n} {status.replace("_", " ")}' for status, n in sorted(counts.items()))
+    return f'of {len(records)} image(s): {statuses}; check --image-dir'
 
 
 def main(argv=None) -> int:
@@ -155,6 +168,10 @@ def main(argv=None) -> int:
     print(format_table(results))
     print(f'\nwrote {osp.join(args.out_dir, "results.json")} and {store.path}'
           + (f'; {sum(map(len, drawn))} PNG(s) in {vis_dir}' if drawn else ''))
+    if results['images_evaluated'] == 0:
+        print(f'error: no image was evaluated ({no_image_reason(records, args.ann_file)}): the numbers above are '
+              'not a result', file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,8 +10,11 @@ uninterrupted run drew, whatever the number of dataloader workers.
 an unreadable image or annotation file, or one without a single valid mask, is reported (a warning naming the
 file and the reason), counted and skipped when it is first loaded (the next index is used instead, so the
 choice stays deterministic); a single bad annotation (invalid RLE or polygon, size mismatch, empty mask) is
-reported, counted and left out while the image's other masks are used. ``dataset.bad_counts`` holds the counts
-by reason, ``dataset.bad_files`` the reasons by file (each process/worker counts what it loaded itself).
+reported (naming its annotation id), counted and left out while the image's other masks are used. Every
+segmentation is checked before pycocotools sees it (:mod:`evit_mm.sam.coco_masks`): RLE runs must add up to
+height x width, polygon coordinates must be finite and within a small margin of the image.
+``dataset.bad_counts`` holds the counts by reason, ``dataset.bad_files`` the reasons by file (each
+process/worker counts what it loaded itself).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import os
 import os.path as osp
 import tarfile
 from collections import Counter
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from mmengine.dataset import BaseDataset, DefaultSampler, InfiniteSampler
@@ -41,6 +44,13 @@ __all__ = ['BadSample', 'SamMaskDataset', 'SA1BDataset', 'SamCocoDataset', 'SamI
 
 class BadSample(RuntimeError):
     """A sample that cannot be used at all (unreadable image or annotation file, no valid mask)."""
+
+
+def _ann_name(ann: Any, index: int) -> str:
+    """How reports name an annotation: by its ``id``, else by its position in the file's list."""
+    if isinstance(ann, dict) and 'id' in ann:
+        return f'annotation id {ann["id"]}'
+    return f'annotations[{index}]'
 
 
 def _read_bytes(source: Sequence) -> bytes:
@@ -103,8 +113,9 @@ class SamMaskDataset(BaseDataset):
         except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
             raise BadSample(f'unreadable image ({type(err).__name__}: {err})') from err
 
-    def load_segmentations(self, info: dict) -> List[Any]:
-        """The raw segmentations of an entry (subclasses). Raises :class:`BadSample` for an unusable file."""
+    def load_segmentations(self, info: dict) -> List[Tuple[str, Any]]:
+        """The raw segmentations of an entry as ``(name, segmentation)`` pairs, the name saying which annotation
+        it is in reports (``'annotation id 7'``) (subclasses). Raises :class:`BadSample` for an unusable file."""
         raise NotImplementedError
 
     def sample_masks(self, info: dict, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -113,13 +124,14 @@ class SamMaskDataset(BaseDataset):
         ann_file = info.get('ann_path', info['img_path'])
         masks: List[np.ndarray] = []
         for k in rng.permutation(len(segmentations)):
+            name, segmentation = segmentations[k]
             try:
-                mask = decode_segmentation(segmentations[k], height, width)
+                mask = decode_segmentation(segmentation, height, width)
             except BadAnnotation as err:
-                self.report_bad(ann_file, 'invalid annotation', f'annotation {int(k)}: {err}')
+                self.report_bad(ann_file, 'invalid annotation', f'{name}: {err}')
                 continue
             if not mask.any():
-                self.report_bad(ann_file, 'empty mask', f'annotation {int(k)}')
+                self.report_bad(ann_file, 'empty mask', name)
                 continue
             masks.append(mask)
             if len(masks) == self.num_masks:
@@ -282,7 +294,7 @@ class SA1BDataset(SamMaskDataset):
             raise FileNotFoundError(f'SA1BDataset: no usable sa_*.jpg/.json pairs under {self.data_root!r}')
         return data_list
 
-    def load_segmentations(self, info: dict) -> List[Any]:
+    def load_segmentations(self, info: dict) -> List[Tuple[str, Any]]:
         try:
             record = json.loads(_read_bytes(info['ann_source']))
         except (OSError, ValueError) as err:
@@ -293,9 +305,10 @@ class SA1BDataset(SamMaskDataset):
         segs = []
         for k, ann in enumerate(anns):
             if isinstance(ann, dict) and 'segmentation' in ann:
-                segs.append(ann['segmentation'])
+                segs.append((_ann_name(ann, k), ann['segmentation']))
             else:
-                self.report_bad(info['ann_path'], 'invalid annotation', f'annotation {k} has no segmentation')
+                self.report_bad(info['ann_path'], 'invalid annotation',
+                                f'{_ann_name(ann, k)} has no segmentation')
         return segs
 
 
@@ -335,7 +348,7 @@ class SamCocoDataset(SamMaskDataset):
                     self.report_bad(f'{self.ann_file} (annotation {ann.get("id")})', 'invalid annotation',
                                     'no segmentation')
                     continue
-                segs.append(ann['segmentation'])
+                segs.append((_ann_name(ann, len(segs)), ann['segmentation']))
             if not segs:
                 continue
             path = osp.join(prefix, img['file_name'])
@@ -346,7 +359,7 @@ class SamCocoDataset(SamMaskDataset):
             raise ValueError(f'SamCocoDataset: {self.ann_file} has no image with usable annotations')
         return data_list
 
-    def load_segmentations(self, info: dict) -> List[Any]:
+    def load_segmentations(self, info: dict) -> List[Tuple[str, Any]]:
         return info['segmentations']
 
 

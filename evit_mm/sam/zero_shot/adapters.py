@@ -152,10 +152,18 @@ class OracleSegmenter:
     """A "model" that answers every prompt with a ground-truth mask, to test the evaluation.
 
     A box gets the mask of the annotation whose box overlaps it most (box IoU >= ``min_box_iou``; else the box
-    filled); clicks get the mask of the annotation under the first positive click (else an empty mask). The
-    answer is moved by ``shift = (dx, dy)`` pixels. Three candidates are returned, the answer in the middle with
-    the highest score (0.9) between an empty mask (0.5) and the full image (0.2), so that an evaluation that
-    does not keep the highest-scoring candidate fails.
+    filled). Clicks get the mask of an annotation that holds every positive click and no negative one,
+    preferring the annotation whose own first click (:class:`~.clicker.Clicker`: its deepest pixel) is the
+    prompt's first click, so that nested or overlapping annotations are told apart; if no annotation fits all
+    clicks, the first one under the first positive click (else an empty mask). The answer is moved by
+    ``shift = (dx, dy)`` pixels. Three candidates are returned, the answer in the middle with the highest score
+    (0.9) between an empty mask (0.5) and the full image (0.2), so that an evaluation that does not keep the
+    highest-scoring candidate fails.
+
+    Unshifted, it scores mIoU 100 and AP 1.0 unless two annotations of an image get the very same prompt: the
+    same box (GT-box mode: the first of them is answered), or the same first click and both consistent with the
+    clicks so far (points mode, e.g. concentric masks with the same deepest pixel): the prompt cannot tell them
+    apart, so one of them scores below 100 (after one click; the clicker's next click separates them).
 
     Args:
         dataset: the :class:`~evit_mm.sam.zero_shot.data.ZeroShotDataset` whose ground truth to return.
@@ -172,6 +180,32 @@ class OracleSegmenter:
         anns = self.dataset.anns_by_image[image_id]
         self.boxes = np.array([xywh_to_xyxy(a['bbox']) for a in anns], np.float64).reshape(-1, 4)
         self.masks = [self.dataset.gt_mask(a) for a in anns]
+        self._first_clicks: Optional[List[Optional[Tuple[int, int]]]] = None  # computed when clicks come
+
+    def _first_click(self, j: int) -> Optional[Tuple[int, int]]:
+        """``(x, y)`` of the clicker's first click on annotation ``j`` (None for an empty mask)."""
+        from .clicker import Clicker
+        if self._first_clicks is None:
+            self._first_clicks = [None] * len(self.masks)
+            for k, m in enumerate(self.masks):
+                c = Clicker(m).next_click(None) if m.any() else None
+                self._first_clicks[k] = (c.x, c.y) if c is not None else None
+        return self._first_clicks[j]
+
+    def _click_answer(self, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The ground-truth mask the clicks ``coords (N, 2)``, ``labels (N,)`` point at (class docstring)."""
+        h, w = self.size
+        xy = [(int(round(x)), int(round(y)), int(lab)) for (x, y), lab in zip(coords, labels)]
+        inside = [(x, y, lab) for x, y, lab in xy if 0 <= y < h and 0 <= x < w]
+        fits = [j for j, m in enumerate(self.masks) if all(bool(m[y, x]) == (lab == 1) for x, y, lab in inside)]
+        if not fits:
+            positive = [(x, y) for x, y, lab in inside if lab == 1][:1]
+            fits = [j for j, m in enumerate(self.masks) if positive and m[positive[0][1], positive[0][0]]]
+        if not fits:
+            return np.zeros((h, w), bool)
+        first = xy[0][:2] if xy and xy[0][2] == 1 else None
+        same_start = [j for j in fits if first is not None and self._first_click(j) == first]
+        return self.masks[(same_start or fits)[0]]
 
     def _answer(self, mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         mask = _shift(mask, *self.shift)
@@ -196,13 +230,5 @@ class OracleSegmenter:
             self.calls.append({'point_coords': np.asarray(point_coords).copy(),
                                'point_labels': np.asarray(point_labels).copy()})
             for coords, labels in zip(np.asarray(point_coords), np.asarray(point_labels)):
-                mask = np.zeros((h, w), bool)
-                positive = [c for c, lab in zip(coords, labels) if lab == 1]
-                if positive:
-                    x, y = (int(round(v)) for v in positive[0])
-                    for m in self.masks:
-                        if 0 <= y < h and 0 <= x < w and m[y, x]:
-                            mask = m
-                            break
-                out.append(self._answer(mask))
+                out.append(self._answer(self._click_answer(coords, labels)))
         return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])

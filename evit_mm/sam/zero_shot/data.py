@@ -2,8 +2,10 @@
 
 * :class:`ZeroShotDataset`: a COCO or LVIS instance-annotation json plus its image folder. Every annotation is
   checked once on load; one that cannot be prompted (crowd, area < 1, a degenerate or non-finite box, an empty
-  segmentation, an unknown image id, missing keys) is **counted and described** in an :class:`IssueLog`, never
-  dropped silently.
+  or invalid segmentation, an unknown image id, missing keys) is **counted and described** in an
+  :class:`IssueLog`, never dropped silently. Segmentations are checked before pycocotools sees them, with the
+  checks SAM training uses (:mod:`evit_mm.sam.coco_masks`): RLE of the image's size whose runs add up to height
+  x width, polygon coordinates finite and within a small margin of the image.
 * :func:`load_detections`: a COCO-results json of detector boxes (e.g. ViTDet's ``coco_vitdet.json``), checked
   the same way (unknown image ids and categories, degenerate boxes, bad scores).
 
@@ -22,6 +24,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..coco_masks import BadAnnotation, check_segmentation
+from ..coco_masks import decode_segmentation as _decode_checked
+
 __all__ = ['IssueLog', 'ZeroShotDataset', 'load_detections', 'xywh_to_xyxy', 'decode_segmentation', 'detect_kind']
 
 #: What each issue kind means (printed in the final table and written to the results json).
@@ -30,6 +35,9 @@ ISSUE_KINDS = {
     'zero_area': 'annotation with area < 1 (the reference skips these too)',
     'degenerate_box': 'annotation box with width or height <= 0, or non-finite values',
     'empty_segmentation': 'annotation without a segmentation (empty list / no polygon with 3 points)',
+    'invalid_segmentation': 'annotation whose segmentation cannot be decoded safely (RLE of another size or whose '
+                            'runs do not add up to height x width, polygon coordinates non-finite or far outside '
+                            'the image)',
     'malformed_annotation': 'annotation missing a key (id, image_id, bbox, segmentation, area)',
     'annotation_unknown_image': 'annotation whose image_id is not in "images"',
     'empty_mask': 'annotation whose segmentation decodes to no pixel',
@@ -46,7 +54,8 @@ ISSUE_KINDS = {
 }
 
 #: Issues that remove an annotation from the prompts *and* from the ground truth of the AP modes.
-GT_DROPPING = ('zero_area', 'degenerate_box', 'empty_segmentation', 'malformed_annotation', 'annotation_unknown_image')
+GT_DROPPING = ('zero_area', 'degenerate_box', 'empty_segmentation', 'invalid_segmentation', 'malformed_annotation',
+               'annotation_unknown_image')
 
 
 class IssueLog:
@@ -107,23 +116,22 @@ def _box_problem(bbox) -> Optional[str]:
     return None
 
 
-def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
-    """A COCO/LVIS ``segmentation`` (polygons, uncompressed or compressed RLE) as an ``(H, W)`` bool mask."""
-    from pycocotools import mask as mask_utils
+def _usable_parts(segmentation):
+    """A polygon list without its parts of fewer than 3 points (which pycocotools cannot draw, and COCO has
+    some of); an RLE as it is."""
     if isinstance(segmentation, list):
-        polygons = [p for p in segmentation if len(p) >= 6]
-        if not polygons:
-            return np.zeros((height, width), bool)
-        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get('counts'), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    elif isinstance(segmentation, dict) and 'counts' in segmentation:
-        rle = dict(segmentation)
-        if isinstance(rle['counts'], str):
-            rle['counts'] = rle['counts'].encode('ascii')
-    else:
-        raise ValueError(f'unsupported segmentation of type {type(segmentation).__name__}')
-    return mask_utils.decode(rle).astype(bool)
+        return [p for p in segmentation if isinstance(p, (list, tuple)) and len(p) >= 6]
+    return segmentation
+
+
+def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
+    """A COCO/LVIS ``segmentation`` (polygons, uncompressed or compressed RLE) as an ``(H, W)`` bool mask;
+    polygons of fewer than 3 points are ignored (none left: an empty mask). Checked before decoding: raises
+    :class:`~evit_mm.sam.coco_masks.BadAnnotation` (a ``ValueError``) for a malformed segmentation."""
+    segmentation = _usable_parts(segmentation)
+    if isinstance(segmentation, list) and not segmentation:
+        return np.zeros((height, width), bool)
+    return _decode_checked(segmentation, height, width)
 
 
 def _empty_segmentation(segmentation) -> bool:
@@ -225,6 +233,11 @@ class ZeroShotDataset:
             return 'zero_area', f'{where}: area {ann["area"]!r} < 1: skipped'
         if _empty_segmentation(ann['segmentation']):
             return 'empty_segmentation', f'{where}: empty segmentation {str(ann["segmentation"])[:60]}: skipped'
+        img = self.images[ann['image_id']]
+        try:
+            check_segmentation(_usable_parts(ann['segmentation']), int(img['height']), int(img['width']))
+        except BadAnnotation as e:
+            return 'invalid_segmentation', f'{where}: {e}: skipped'
         if ann.get('iscrowd', 0):
             action = 'prompted like any annotation (--crowd skip to skip)' if self.crowd == 'keep' else 'skipped'
             return 'crowd', f'{where}: iscrowd=1: {action}'

@@ -9,7 +9,8 @@ Modes (all may run in one pass: one image-encoder forward per image serves all o
   reference's filter includes both ends of each range, which differs only for areas of exactly 1024 / 9216).
 * ``'points'``: the clicker of :mod:`.clicker`, ``max(clicks)`` rounds; each round re-sends all clicks so far,
   keeps the highest-scoring candidate, and records the IoU after every round, so that one pass gives the 1-,
-  3- and 5-click mIoU (each equal to a separate k-click run, the protocol being deterministic).
+  3- and 5-click mIoU (each equal to a separate k-click run, the protocol being deterministic). An annotation
+  whose clicker stops (nothing left to click, see :mod:`.clicker`) keeps its last prediction and IoU.
 * ``'detector'``: each detection of a COCO-results json prompts the model with its box; the kept mask, RLE
   encoded, becomes a result with the detection's category and score; mask AP with pycocotools' ``COCOeval``
   (COCO; ``maxDets`` 1/10/100) or the ``lvis`` package's ``LVISEval`` (LVIS; 300 detections per image).
@@ -120,7 +121,9 @@ def evaluate_image(model, dataset: ZeroShotDataset, image_id: int, image: np.nda
             for i, clicker in enumerate(clickers):
                 if clicker.next_click(preds[i]) is not None:
                     active.append(i)
-            if active:  # every active prompt set has the same number of clicks (inactive ones are perfect)
+            # every active prompt set has the same number of clicks: a clicker that found nothing to click (a
+            # perfect prediction, or every error pixel clicked already) keeps its prediction, hence stays inactive
+            if active:
                 prompts = [clickers[i].prompt() for i in active]
                 best = _best(*model.predict(point_coords=np.stack([p[0] for p in prompts]),
                                             point_labels=np.stack([p[1] for p in prompts])))
