@@ -291,8 +291,20 @@ class EfficientViTSam(Sam):
                           original_size: Tuple[int, ...]) -> torch.Tensor:
         """Low-res masks ``(B, C, 256, 256)`` -> ``(B, C, *original_size)``: bilinear to the 1024 prompt frame,
         crop to ``input_size`` (the image's size in that frame, see :meth:`prompt_frame_size`), bilinear to
-        ``original_size`` (as the reference)."""
+        ``original_size`` (as the reference).
+
+        Raises ``ValueError`` when ``input_size`` is not in the prompt frame (its longest side is not 1024): that is
+        what segment_anything's ``SamPredictor`` passes for L0-L2 (it maps images *and prompts* to the 512 encoder
+        frame), whose masks would otherwise be silently wrong."""
         p = self.prompt_size
+        if max(int(input_size[0]), int(input_size[1])) != p:
+            s = int(self.image_encoder.img_size)
+            raise ValueError(
+                f'input_size {tuple(int(v) for v in input_size)} is not in the {p} prompt frame (longest side {p}): '
+                f'EfficientViT-SAM takes prompts and input_size in the {p} frame and images resized to {s} for its '
+                f'encoder. segment_anything\'s SamPredictor / SamAutomaticMaskGenerator use the encoder size for both '
+                'and would return wrong masks: use evit_mm.sam.EfficientViTSamPredictor / '
+                'EfficientViTSamAutomaticMaskGenerator (input_size = model.prompt_frame_size(original_size)).')
         masks = F.interpolate(masks, (p, p), mode='bilinear', align_corners=False)
         masks = masks[..., :int(input_size[0]), :int(input_size[1])]
         return F.interpolate(masks, tuple(int(s) for s in original_size), mode='bilinear', align_corners=False)

@@ -5,8 +5,10 @@ It is a ``SamPredictor`` subclass with the same methods and return values (``set
 written for SAM (its automatic mask generator included) runs unchanged. What differs:
 
 * images are resized to the **encoder** size (``model.image_encoder.img_size``: 512 for L0-L2, 1024 for XL) while
-  prompts are mapped to the **1024 prompt frame** (``self.transform`` is ``ResizeLongestSide(1024)``), as the
-  reference predictor does; ``input_size`` is the image's size in the prompt frame;
+  prompts are mapped to the **1024 prompt frame**, as the reference predictor does: ``self.transform`` (an
+  :class:`~evit_mm.sam.transforms.EfficientViTSamTransform`) maps coordinates to the prompt frame and images
+  (``apply_image``) to the encoder size, so SAM's ``set_torch_image(transform.apply_image(...))`` recipe works;
+  ``input_size`` is the image's size in the prompt frame;
 * several images at once: :meth:`set_image_batch` (one encoder forward for all), then :meth:`predict_batch`, or
   ``predict(..., image_index=i)`` / ``predict_torch(..., image_index=i)``;
 * ``predict`` also takes ``B`` prompt sets at once (``box`` ``(B, 4)``, ``point_coords`` ``(B, N, 2)``, ...) and
@@ -14,20 +16,29 @@ written for SAM (its automatic mask generator included) runs unchanged. What dif
 * inputs are checked and give ``ValueError``/``RuntimeError`` with a message instead of an assertion or a
   failure deep inside torch (see :meth:`predict_torch` for the rules: NaN coordinates, label values, shapes,
   empty prompt arrays, boxes outside the image, no prompt at all); images may be grayscale, RGBA, 16-bit or
-  float (see :func:`~evit_mm.sam.transforms.as_rgb_uint8`).
+  float (see :func:`~evit_mm.sam.transforms.as_rgb_uint8`);
+* one predictor can be shared by threads: the image state is **per thread** (each thread predicts on the image
+  it set last; a thread that has set none uses the image set last by any thread), and a prediction reads one
+  consistent snapshot of it (see :class:`EfficientViTSamPredictor`);
+* outputs are float32 (bool masks) also under ``torch.autocast`` (e.g. CPU bfloat16).
+
+segment_anything's own ``SamPredictor`` cannot drive L0-L2 (it maps prompts to the 512 encoder frame):
+``EfficientViTSam.postprocess_masks`` makes it raise instead of returning wrong masks.
 
 The predictor also works with a plain ``segment_anything`` ``Sam`` (whose two frames are both 1024).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+import threading
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from segment_anything import SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from .transforms import as_rgb_uint8, get_preprocess_shape, resize_longest_side
+from ..models.efficientvit_mit import _autocast_enabled
+from .transforms import EfficientViTSamTransform, as_rgb_uint8, get_preprocess_shape, resize_longest_side
 
 __all__ = ['EfficientViTSamPredictor', 'VALID_POINT_LABELS']
 
@@ -48,8 +59,27 @@ def _np(x, what: str, dtype=np.float64) -> Optional[np.ndarray]:
         raise ValueError(f'{what} must be a numeric array, got {type(x).__name__}: {e}') from None
 
 
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision outputs (``torch.autocast``) as float32; bool and float32 tensors unchanged."""
+    return t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
+
+
+class _ImageState(NamedTuple):
+    """The embeddings of the image(s) set by one ``set_*`` call. Immutable: a prediction reads one snapshot."""
+    features: torch.Tensor
+    original_sizes: Tuple[Tuple[int, int], ...]
+    input_sizes: Tuple[Tuple[int, int], ...]
+
+
 class EfficientViTSamPredictor(SamPredictor):
     """Predict masks from prompts on one or several images with an EfficientViT-SAM (or SAM) model.
+
+    Threads: the image state (``features``, ``original_size``, ``input_size``, ``is_image_set``, ...) is kept
+    per thread, so threads sharing one predictor (or one mask generator) each get the masks of the image they
+    set, never another thread's. A thread that has not called ``set_image``/``reset_image`` itself sees the
+    image set last by any thread (set an image in one thread, prompt it from others). Every ``predict*`` call
+    reads one snapshot of that state, so a concurrent ``set_image`` never mixes two images in one result. The
+    model's forward passes are read-only and run concurrently.
 
     Args:
         sam_model: an :class:`~evit_mm.models.sam.EfficientViTSam` (or a ``segment_anything`` ``Sam``).
@@ -59,24 +89,92 @@ class EfficientViTSamPredictor(SamPredictor):
         self.model = sam_model
         self.prompt_size = int(sam_model.prompt_encoder.input_image_size[0])
         self.encoder_size = int(sam_model.image_encoder.img_size)
-        #: maps prompts to the prompt frame (what SAM's automatic mask generator calls)
-        self.transform = ResizeLongestSide(self.prompt_size)
-        #: resizes images for the encoder
+        #: coordinates to the prompt frame (what SAM's automatic mask generator calls), images to the encoder size
+        self.transform = EfficientViTSamTransform(self.prompt_size, self.encoder_size)
+        #: resizes images for the encoder (the same as ``transform.apply_image``)
         self.image_transform = ResizeLongestSide(self.encoder_size)
-        self.reset_image()
+        self._init_state()  # no image, in every thread
+
+    def _init_state(self) -> None:
+        self._local = threading.local()  # .state: this thread's _ImageState, or None after reset_image
+        self._shared: Optional[_ImageState] = None  # the state set last by any thread
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # pickle / deepcopy: keep the calling thread's image
+        d = {k: v for k, v in self.__dict__.items() if k not in ('_local', '_shared', '_lock')}
+        d['_state_snapshot'] = self._state
+        return d
+
+    def __setstate__(self, d) -> None:
+        snapshot = d.pop('_state_snapshot')
+        self.__dict__.update(d)
+        self._init_state()
+        if snapshot is not None:
+            self._set_state(snapshot)
 
     # ------------------------------------------------------------------------------------------------------
     # images
     # ------------------------------------------------------------------------------------------------------
+    @property
+    def _state(self) -> Optional[_ImageState]:
+        """This thread's image state; the one set last by any thread if this thread never set or reset one."""
+        own = getattr(self._local, 'state', self._local)
+        return self._shared if own is self._local else own
+
+    def _set_state(self, state: Optional[_ImageState]) -> None:
+        with self._lock:
+            previous = getattr(self._local, 'state', None)
+            self._local.state = state
+            if state is not None:
+                self._shared = state
+            elif previous is not None and self._shared is previous:
+                self._shared = None
+
     def reset_image(self) -> None:
-        super().reset_image()
-        self.original_sizes: List[Tuple[int, int]] = []
-        self.input_sizes: List[Tuple[int, int]] = []
+        """Forget this thread's image (and, if it is the one set last, for threads that set none)."""
+        self._set_state(None)
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._state is not None
+
+    @property
+    def features(self) -> Optional[torch.Tensor]:
+        state = self._state
+        return None if state is None else state.features
+
+    @property
+    def original_sizes(self) -> List[Tuple[int, int]]:
+        state = self._state
+        return [] if state is None else list(state.original_sizes)
+
+    @property
+    def input_sizes(self) -> List[Tuple[int, int]]:
+        state = self._state
+        return [] if state is None else list(state.input_sizes)
+
+    @property
+    def original_size(self) -> Optional[Tuple[int, int]]:
+        """``(H, W)`` of the (first) image set."""
+        state = self._state
+        return None if state is None else state.original_sizes[0]
+
+    @property
+    def input_size(self) -> Optional[Tuple[int, int]]:
+        """``(h, w)`` of the (first) image set in the 1024 prompt frame."""
+        state = self._state
+        return None if state is None else state.input_sizes[0]
+
+    orig_h = property(lambda self: None if self.original_size is None else self.original_size[0])
+    orig_w = property(lambda self: None if self.original_size is None else self.original_size[1])
+    input_h = property(lambda self: None if self.input_size is None else self.input_size[0])
+    input_w = property(lambda self: None if self.input_size is None else self.input_size[1])
 
     @property
     def num_images(self) -> int:
         """How many images are set (0, 1, or the length of the last :meth:`set_image_batch`)."""
-        return len(self.original_sizes)
+        state = self._state
+        return 0 if state is None else len(state.original_sizes)
 
     def _resized_tensor(self, image, image_format: str) -> Tuple[torch.Tensor, Tuple[int, int]]:
         rgb = as_rgb_uint8(image, image_format)
@@ -146,18 +244,13 @@ class EfficientViTSamPredictor(SamPredictor):
             inputs.append(self.model.preprocess(im.to(self.device)))
         self.reset_image()
         features = self.model.image_encoder(torch.stack(inputs))
-        self.features = features
-        self.original_sizes = sizes
-        self.input_sizes = [get_preprocess_shape(*size, self.prompt_size) for size in sizes]
-        self.original_size, self.input_size = self.original_sizes[0], self.input_sizes[0]
-        self.orig_h, self.orig_w = self.original_size
-        self.input_h, self.input_w = self.input_size
-        self.is_image_set = True
+        input_sizes = tuple(get_preprocess_shape(*size, self.prompt_size) for size in sizes)
+        self._set_state(_ImageState(features, tuple(sizes), input_sizes))
 
-    def _image_index(self, image_index: Optional[int]) -> int:
-        if not self.is_image_set:
+    def _image_index(self, image_index: Optional[int], state: Optional[_ImageState]) -> int:
+        if state is None:
             raise RuntimeError('An image must be set with .set_image(...) before mask prediction.')
-        n = self.num_images
+        n = len(state.original_sizes)
         if image_index is None:
             if n > 1:
                 raise ValueError(f'{n} images are set (set_image_batch): pass image_index, or use predict_batch')
@@ -189,8 +282,14 @@ class EfficientViTSamPredictor(SamPredictor):
         ``(B, N, 2)`` points or ``(B, 1, 256, 256)`` masks). Empty arrays (``N = 0`` points, ``(0, 4)`` boxes)
         count as not given.
         """
-        idx = self._image_index(image_index)
-        orig = self.original_sizes[idx]
+        return self._predict(self._state, image_index, point_coords, point_labels, box, mask_input, multimask_output,
+                             return_logits)
+
+    def _predict(self, state: Optional[_ImageState], image_index: Optional[int], point_coords, point_labels, box,
+                 mask_input, multimask_output: bool, return_logits: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`predict` on the snapshot ``state`` (one snapshot for the whole call: threads)."""
+        idx = self._image_index(image_index, state)
+        orig = state.original_sizes[idx]
         coords = _np(point_coords, 'point_coords')
         labels = _np(point_labels, 'point_labels')
         boxes = _np(box, 'box')
@@ -243,9 +342,8 @@ class EfficientViTSamPredictor(SamPredictor):
 
         device = self.device
         to = (lambda a, dt=torch.float32: None if a is None else torch.as_tensor(a, dtype=dt, device=device))
-        masks, iou, low_res = self.predict_torch(
-            to(coords), to(labels, torch.int), to(boxes), to(masks_in), multimask_output,
-            return_logits=return_logits, image_index=idx)
+        masks, iou, low_res = self._predict_torch(
+            state, idx, to(coords), to(labels, torch.int), to(boxes), to(masks_in), multimask_output, return_logits)
         masks, iou, low_res = (t.detach().cpu().numpy() for t in (masks, iou, low_res))
         if batched:
             return masks, iou, low_res
@@ -267,13 +365,23 @@ class EfficientViTSamPredictor(SamPredictor):
         Returns ``masks (B, C, H, W)``, ``iou_predictions (B, C)``, ``low_res_logits (B, C, 256, 256)``.
 
         Checks (``ValueError``): shapes and matching ``B``; labels with points and vice versa; finite
-        coordinates; labels in ``(-1, 0, 1, 2, 3)``; at least one prompt (points with ``N = 0`` count as none).
+        coordinates; labels in ``(-1, 0, 1, 2, 3)``; at least one prompt (points with ``N = 0`` count as none), and
+        in every prompt set a point that is not padding (label -1) unless the set has a box or a mask input.
         Boxes: ``x0 <= x1`` and ``y0 <= y1``; a box must overlap the image, and is clipped to it (the reference
         does not clip; this only changes boxes that stick out). Points outside the image are passed on as they
-        are (SAM accepts them).
+        are (SAM accepts them). Outputs are float32 (masks bool) also under ``torch.autocast``.
         """
-        idx = self._image_index(image_index)
-        in_h, in_w = self.input_sizes[idx]
+        state = self._state
+        idx = self._image_index(image_index, state)
+        return self._predict_torch(state, idx, point_coords, point_labels, boxes, mask_input, multimask_output,
+                                   return_logits)
+
+    def _predict_torch(self, state: _ImageState, idx: int, point_coords: Optional[torch.Tensor],
+                       point_labels: Optional[torch.Tensor], boxes: Optional[torch.Tensor],
+                       mask_input: Optional[torch.Tensor], multimask_output: bool,
+                       return_logits: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`predict_torch` on image ``idx`` of the snapshot ``state``."""
+        in_h, in_w = state.input_sizes[idx]
         device = self.device
         bs = set()
 
@@ -335,16 +443,31 @@ class EfficientViTSamPredictor(SamPredictor):
             raise ValueError('no prompt given: pass point_coords + point_labels, a box and/or mask_input')
         if len(bs) > 1:
             raise ValueError(f'the prompts disagree on the batch size B: {sorted(bs)}')
+        if point_coords is not None and boxes is None and mask_input is None:
+            padding_only = (point_labels == -1).all(dim=1)
+            if padding_only.any():
+                raise ValueError(f'prompt set(s) {padding_only.nonzero()[:, 0].tolist()} hold only padding points '
+                                 '(label -1, which SAM ignores) and no box or mask_input: no prompt given')
 
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         low_res, iou = self.model.mask_decoder(
-            image_embeddings=self.features[idx:idx + 1], image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_embeddings=self._embedding(state, idx), image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output)
-        masks = self.model.postprocess_masks(low_res, self.input_sizes[idx], self.original_sizes[idx])
+        low_res, iou = _float32(low_res), _float32(iou)
+        masks = _float32(self.model.postprocess_masks(low_res, state.input_sizes[idx], state.original_sizes[idx]))
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
+
+    def _embedding(self, state: _ImageState, idx: int) -> torch.Tensor:
+        """Image ``idx``'s embedding; in the mask decoder's dtype outside autocast (an image set under
+        ``torch.autocast`` has a half-precision embedding)."""
+        emb = state.features[idx:idx + 1]
+        dtype = next(self.model.mask_decoder.parameters()).dtype
+        if emb.dtype != dtype and not _autocast_enabled(emb.device.type):
+            emb = emb.to(dtype)
+        return emb
 
     def predict_batch(self, point_coords_batch: Optional[Sequence] = None,
                       point_labels_batch: Optional[Sequence] = None,
@@ -353,9 +476,10 @@ class EfficientViTSamPredictor(SamPredictor):
                       ) -> Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]:
         """:meth:`predict` for every image of :meth:`set_image_batch`: each argument is ``None`` or a list with one
         entry (``None`` or what :meth:`predict` takes) per image. Returns three lists (masks, ious, low-res)."""
-        if not self.is_image_set:
+        state = self._state  # one snapshot for the whole call (threads)
+        if state is None:
             raise RuntimeError('Images must be set with .set_image_batch(...) before mask prediction.')
-        n = self.num_images
+        n = len(state.original_sizes)
         args = {'point_coords_batch': point_coords_batch, 'point_labels_batch': point_labels_batch,
                 'box_batch': box_batch, 'mask_input_batch': mask_input_batch}
         for name, value in args.items():
@@ -364,8 +488,8 @@ class EfficientViTSamPredictor(SamPredictor):
         pick = (lambda seq, i: None if seq is None else seq[i])
         out = ([], [], [])
         for i in range(n):
-            res = self.predict(pick(point_coords_batch, i), pick(point_labels_batch, i), pick(box_batch, i),
-                               pick(mask_input_batch, i), multimask_output, return_logits, image_index=i)
+            res = self._predict(state, i, pick(point_coords_batch, i), pick(point_labels_batch, i),
+                                pick(box_batch, i), pick(mask_input_batch, i), multimask_output, return_logits)
             for acc, r in zip(out, res):
                 acc.append(r)
         return out
@@ -373,9 +497,10 @@ class EfficientViTSamPredictor(SamPredictor):
     def get_image_embedding(self, image_index: Optional[int] = None) -> torch.Tensor:
         """The image embedding(s): ``(1, 256, 64, 64)`` for one image; all of a batch ``(B, 256, 64, 64)`` unless
         ``image_index`` is given."""
-        if not self.is_image_set:
+        state = self._state
+        if state is None:
             raise RuntimeError('An image must be set with .set_image(...) to generate an embedding.')
         if image_index is None:
-            return self.features
-        i = self._image_index(image_index)
-        return self.features[i:i + 1]
+            return state.features
+        i = self._image_index(image_index, state)
+        return state.features[i:i + 1]

@@ -22,7 +22,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from ..models.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
 __all__ = ['as_rgb_uint8', 'get_preprocess_shape', 'resize_longest_side', 'preprocess_image', 'ResizeLongestSide',
-           'SAM_PIXEL_MEAN', 'SAM_PIXEL_STD']
+           'EfficientViTSamTransform', 'SAM_PIXEL_MEAN', 'SAM_PIXEL_STD']
 
 
 def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> Tuple[int, int]:
@@ -123,3 +123,33 @@ def preprocess_image(image, image_size: int, image_format: str = 'RGB',
     x = (x - torch.tensor(pixel_mean).view(3, 1, 1)) / torch.tensor(pixel_std).view(3, 1, 1)
     h, w = x.shape[-2:]
     return torch.nn.functional.pad(x, (0, image_size - w, 0, image_size - h))[None]
+
+
+class EfficientViTSamTransform(ResizeLongestSide):
+    """``segment_anything``'s ``ResizeLongestSide`` for a model with two frames (``predictor.transform``).
+
+    * prompts (``apply_coords``, ``apply_boxes`` and their ``_torch`` versions) go to the **prompt frame**: longest
+      side ``prompt_size`` (1024, :attr:`target_length`), what ``predict_torch`` takes;
+    * images (``apply_image``: HWC uint8, PIL bilinear as SAM; ``apply_image_torch``: ``(B, C, H, W)`` float,
+      bilinear with antialiasing) go to the **encoder size**: longest side ``image_size`` (512 for L0-L2, 1024
+      for XL), what ``set_torch_image`` takes.
+
+    With both sizes equal (XL, SAM) it is ``ResizeLongestSide``. Unlike segment_anything's ``apply_image_torch``,
+    which reads the size from the batch and channel dimensions, ``apply_image_torch`` resizes by ``(H, W)``.
+    """
+
+    def __init__(self, prompt_size: int = 1024, image_size: int = 1024) -> None:
+        super().__init__(int(prompt_size))
+        self.image_size = int(image_size)
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        return resize_longest_side(np.asarray(image), self.image_size)
+
+    def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dim() != 4:
+            raise ValueError(f'apply_image_torch takes (B, C, H, W) images, got {tuple(image.shape)}')
+        size = get_preprocess_shape(int(image.shape[-2]), int(image.shape[-1]), self.image_size)
+        return torch.nn.functional.interpolate(image, size, mode='bilinear', align_corners=False, antialias=True)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(prompt_size={self.target_length}, image_size={self.image_size})'
