@@ -71,9 +71,8 @@ def parse_args(argv=None):
 
 
 def _read(path: str, allow_pickle: bool, checkpoint):
-    if allow_pickle:
-        import torch
-        return checkpoint.unwrap_state_dict(torch.load(path, map_location='cpu', weights_only=False))
+    if allow_pickle:  # (torch_load_file: an empty or truncated file is reported with its name)
+        return checkpoint.unwrap_state_dict(checkpoint.torch_load_file(path, map_location='cpu', weights_only=False))
     try:
         return checkpoint.read_checkpoint(path)
     except pickle.UnpicklingError as err:

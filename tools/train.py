@@ -11,8 +11,8 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _runner_utils import (add_common_args, build_runner, default_work_dir, export_local_rank,  # noqa: E402
-                           load_config, set_launcher)
+from _runner_utils import (add_common_args, add_load_args, build_runner, default_work_dir,  # noqa: E402
+                           export_local_rank, load_config, set_launcher, use_checked_loading)
 
 
 def parse_args(argv=None):
@@ -25,6 +25,7 @@ def parse_args(argv=None):
                         help='scale the lr by (total batch size) / auto_scale_lr.base_batch_size')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or from the latest checkpoint in the work dir if no path is given')
+    add_load_args(parser)  # how load_from is loaded (strict by default); --resume is unaffected
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -51,12 +52,15 @@ def main(argv=None):
             raise SystemExit('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
 
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+    if args.resume == 'auto':  # the newest complete checkpoint of the work dir, whatever last_checkpoint says
+        from evit_mm.engine import find_resume_checkpoint
+        cfg.load_from = find_resume_checkpoint(cfg.work_dir)
+        cfg.resume = cfg.load_from is not None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
 
     runner = build_runner(cfg)
+    use_checked_loading(runner, strict=args.strict, allow_nonfinite=args.allow_nonfinite)
     runner.train()
 
 

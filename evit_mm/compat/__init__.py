@@ -4,9 +4,11 @@ Nothing in site-packages is edited: each fix hooks a public extension point of t
 applied (idempotently) when an evit_mm adapter or tool is imported. See ``docs/compatibility.md``.
 """
 from .mmengine_dist import prepare_cpu_distributed
-from .mmengine_checkpoint import TRUST_ENV, load_local_checkpoint, mmengine_safe_globals, patch_mmengine_checkpoint
+from .mmengine_checkpoint import (TRUST_ENV, is_trusted, load_http_checkpoint, load_local_checkpoint,
+                                  mmengine_safe_globals, patch_mmengine_checkpoint)
 
-__all__ = ['apply_all', 'prepare_cpu_distributed', 'patch_mmengine_checkpoint', 'load_local_checkpoint', 'mmengine_safe_globals', 'TRUST_ENV']
+__all__ = ['apply_all', 'prepare_cpu_distributed', 'patch_mmengine_checkpoint', 'load_local_checkpoint',
+           'load_http_checkpoint', 'is_trusted', 'mmengine_safe_globals', 'TRUST_ENV']
 
 
 def apply_all() -> None:

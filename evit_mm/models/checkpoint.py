@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ['CHECKPOINT_SAFE_GLOBALS', 'CheckpointMismatchError', 'read_checkpoint', 'unwrap_state_dict',
+__all__ = ['CHECKPOINT_SAFE_GLOBALS', 'CheckpointMismatchError', 'CheckpointFileError', 'NonFiniteWeightsError',
+           'torch_load_file', 'read_checkpoint', 'unwrap_state_dict', 'nonfinite_keys', 'check_finite',
            'load_state_dict_strict', 'format_key_diff']
 
 #: Python objects (besides tensors and containers) that the official training scripts store in their checkpoints
@@ -27,6 +29,46 @@ class CheckpointMismatchError(RuntimeError):
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.shape_mismatch = list(shape_mismatch)
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file cannot be read: empty, truncated or not a PyTorch file. The message names the file."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """A state dict holds NaN or infinite values. ``keys`` lists the tensors that do."""
+
+    def __init__(self, message: str, keys=()):
+        super().__init__(message)
+        self.keys = list(keys)
+
+
+def _is_weights_only_refusal(err: BaseException) -> bool:
+    return isinstance(err, pickle.UnpicklingError) and 'Weights only load failed' in str(err)
+
+
+def torch_load_file(path: str, map_location=None, weights_only: bool = True):
+    """``torch.load(path)`` whose failures name the file and the cause.
+
+    An empty file raises :class:`CheckpointFileError` (instead of a bare ``EOFError``), as does a truncated or
+    corrupt one (instead of PyTorch's ``PytorchStreamReader failed ...``, which does not say which file). A
+    weights-only refusal (``pickle.UnpicklingError``) is passed on unchanged for the caller to explain.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointFileError(f'{path} is empty (0 bytes): the download or the save that wrote it did not '
+                                  'complete; fetch or save it again')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file name
+        if _is_weights_only_refusal(err):
+            raise
+        reason = str(err).split('. ')[0] or type(err).__name__
+        raise CheckpointFileError(f'{path} ({size} bytes) cannot be read as a PyTorch checkpoint: it is truncated '
+                                  f'or corrupt, or not a checkpoint at all ({type(err).__name__}: {reason})'
+                                  ) from err
 
 
 def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
@@ -58,10 +100,35 @@ def read_checkpoint(src: str | os.PathLike | Mapping | nn.Module, map_location='
             raise FileNotFoundError(f'checkpoint not found: {path}')
         if path.endswith('.safetensors'):
             from safetensors.torch import load_file
-            return load_file(path, device=str(map_location))
+            try:
+                return load_file(path, device=str(map_location))
+            except Exception as err:  # noqa: BLE001 - safetensors' errors do not name the file
+                raise CheckpointFileError(f'{path} ({os.path.getsize(path)} bytes) cannot be read as a safetensors '
+                                          f'file: it is empty, truncated or corrupt ({err})') from err
         with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
-            src = torch.load(path, map_location=map_location, weights_only=True)
+            src = torch_load_file(path, map_location=map_location, weights_only=True)
     return unwrap_state_dict(src)
+
+
+def nonfinite_keys(state_dict: Mapping[str, Any]) -> list[str]:
+    """The keys of the floating-point tensors of ``state_dict`` that hold a NaN or an infinity."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and not v.is_meta and (v.is_floating_point() or v.is_complex())
+            and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(state_dict: Mapping[str, Any], source: str = 'checkpoint') -> None:
+    """Raise :class:`NonFiniteWeightsError` naming ``source`` and the keys if any tensor holds NaN or inf.
+
+    Such weights load without complaint and then produce NaN outputs (a diverged run saved its last state, or a
+    file was damaged); every evit_mm loader refuses them instead.
+    """
+    bad = nonfinite_keys(state_dict)
+    if bad:
+        shown = ', '.join(bad[:10]) + (f' ... and {len(bad) - 10} more' if len(bad) > 10 else '')
+        raise NonFiniteWeightsError(f'{source} holds NaN or infinite values in {len(bad)} of its '
+                                    f'{len(state_dict)} tensors: {shown} (a diverged training run, or a damaged '
+                                    'file); refusing to load it', bad)
 
 
 def _limited(keys, limit=20):
@@ -85,9 +152,11 @@ def format_key_diff(missing, unexpected, shape_mismatch=(), limit=20) -> str:
     return '\n'.join(lines)
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = 'checkpoint'):
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = 'checkpoint',
+                           allow_nonfinite: bool = False):
     """``model.load_state_dict(state_dict, strict=True)``, but a mismatch raises a :class:`CheckpointMismatchError`
-    listing every missing, unexpected and wrongly shaped key, and leaves the model's weights untouched."""
+    listing every missing, unexpected and wrongly shaped key, and leaves the model's weights untouched.
+    NaN or infinite values raise :class:`NonFiniteWeightsError` unless ``allow_nonfinite``."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -99,5 +168,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
             f'({len(own)} keys in the model, {len(state_dict)} in the checkpoint):\n'
             + format_key_diff(missing, unexpected, shape_mismatch),
             missing, unexpected, shape_mismatch)
+    if not allow_nonfinite:
+        check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True)
     return model

@@ -58,7 +58,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint as _grad_checkpoint
 
-from .checkpoint import load_state_dict_strict, read_checkpoint
+from .checkpoint import CheckpointMismatchError, load_state_dict_strict, read_checkpoint
 from .fuse import fuse_conv_bn, onednn_applies as _onednn_applies, onednn_post_op as _onednn_post_op
 
 __all__ = [
@@ -548,11 +548,36 @@ class _MITBackbone(nn.Module):
             if not sub:
                 raise KeyError(f'{name}: no key starts with {prefix!r}')
             sd = sub
-        backbone_sd, _ = split_mit_state_dict(sd)
+        try:
+            backbone_sd, _ = split_mit_state_dict(sd)
+        except ValueError as err:
+            raise ValueError(f'{name}: {_other_family_hint(sd, type(self).__name__) or err}') from None
         if not backbone_sd:
             raise KeyError(f'{name} holds no EfficientViT backbone weights')
-        load_state_dict_strict(self, backbone_sd, source=name)
+        try:
+            load_state_dict_strict(self, backbone_sd, source=name)
+        except CheckpointMismatchError as err:
+            hint = _other_family_hint(backbone_sd, type(self).__name__)
+            if not hint:
+                raise
+            raise CheckpointMismatchError(f'{err}\nhint: {hint}', err.missing, err.unexpected,
+                                          err.shape_mismatch) from None
         return self
+
+
+def _other_family_hint(sd: Mapping[str, Any], model: str) -> str:
+    """A message for an EfficientViT-M (MSRA) state dict given to an EfficientViT-B/L model, else ''."""
+    from .efficientvit_msra import detect_msra_format, infer_msra_arch
+    try:
+        fmt = detect_msra_format(_strip_module_prefix(sd))
+    except ValueError:
+        return ''
+    try:
+        arch = infer_msra_arch(_strip_module_prefix(sd))['name'] or 'custom'
+    except (KeyError, ValueError):
+        arch = 'unknown'
+    return (f'this is an EfficientViT-M (MSRA) checkpoint ({fmt} layout, arch {arch}), a different model family '
+            f'from {model} (EfficientViT-B/L, MIT): load it into EfficientViTM (type=\'EfficientViTM\')')
 
 
 def _resolve_norm_eps(norm_eps, arch_key, defaults, fallback):

@@ -561,21 +561,25 @@ class EfficientViTM(nn.Module):
 
     switch_to_deploy = fuse
 
-    def load_pretrained(self, src, fmt: str = 'auto') -> 'ConversionReport':
+    def load_pretrained(self, src, fmt: str = 'auto', source: str | None = None) -> 'ConversionReport':
         """Load a checkpoint (path or dict) in any supported layout, strictly.
 
         ``src`` is read with :func:`~evit_mm.models.checkpoint.read_checkpoint`, converted with
         :func:`convert_msra_state_dict` (bias tables resized to this model's windows) and loaded with
         :func:`~evit_mm.models.checkpoint.load_state_dict_strict`: any missing, unexpected or wrongly shaped
         key raises :class:`~evit_mm.models.checkpoint.CheckpointMismatchError` and leaves the weights as they
-        were.  Returns the :class:`ConversionReport` (detected format, dropped and resized keys).
+        were.  Returns the :class:`ConversionReport` (detected format, dropped and resized keys).  ``source``
+        names the checkpoint in error messages (default: the path).
         """
         if self.deployed:
             raise RuntimeError('load_pretrained() must be called before fuse(): the fused model has no BatchNorm')
-        source = os.fspath(src) if isinstance(src, (str, os.PathLike)) else type(src).__name__
+        source = source or (os.fspath(src) if isinstance(src, (str, os.PathLike)) else type(src).__name__)
         state_dict = read_checkpoint(src)
-        converted, report = convert_msra_state_dict(state_dict, fmt=fmt, window_size=self.window_sizes,
-                                                    return_report=True)
+        try:
+            converted, report = convert_msra_state_dict(state_dict, fmt=fmt, window_size=self.window_sizes,
+                                                        return_report=True)
+        except ValueError as err:
+            raise ValueError(f'{source}: {err}') from None
         try:
             load_state_dict_strict(self, converted, source=f'{source} ({report.format})')
         except CheckpointMismatchError as err:

@@ -1,0 +1,487 @@
+"""Checkpoint loading on real and bad inputs: strict tools, scoped trust, damaged files, --show-dir.
+
+tools/test.py and load_from load strictly (an unrelated checkpoint is an error listing the keys, ``--no-strict``
+relaxes it) and convert a raw Cream detector checkpoint in memory; EVIT_MM_TRUST_CHECKPOINTS trusts the files it
+lists and nothing else, downloads included; empty, truncated, NaN and other-family checkpoints get a message naming
+the file and the cause; ``--show-dir`` works for mmagic configs and for mmseg configs whose training data is absent.
+"""
+import glob
+import os
+import os.path as osp
+import pickle
+import re
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import ROOT
+
+TOOLS = osp.join(ROOT, 'tools')
+SEG_CONFIG = osp.join(ROOT, 'configs', 'efficientvit_seg', 'efficientvit-b0_seg_8xb2-160k_cityscapes-1024x2048.py')
+SR_CONFIG = osp.join(ROOT, 'configs', 'efficientvit_sr', 'efficientvit-sr-lightweight-w1.0_x2_8xb4-500k_div2k.py')
+DET_CONFIG = osp.join(ROOT, 'configs', 'quickstart', 'retinanet_efficientvit-m0_fpn_coins.py')
+
+
+class CustomMeta:
+    """Stands for any pickled class a weights-only load must refuse."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _tool(name):
+    sys.path.insert(0, TOOLS)
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(TOOLS)
+
+
+def _run_tool(args, cwd, timeout=600):
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
+    env = dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=path)  # this checkout's evit_mm
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# item 3: tools/test.py and load_from are strict
+# ----------------------------------------------------------------------------------------------------------------
+
+SEG_TINY = """
+_base_ = [{base!r}]
+test_pipeline = [
+    dict(type='LoadImageFromFile', imdecode_backend='pillow'),
+    dict(type='Resize', scale=(128, 64), keep_ratio=False, interpolation='bicubic'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+test_dataloader = dict(num_workers=0, persistent_workers=False,
+                       dataset=dict(data_root={root!r}, pipeline=test_pipeline))
+model = dict(backbone=dict(init_cfg=None))
+"""
+
+
+@pytest.fixture(scope='module')
+def seg_setup(tmp_path_factory):
+    """Tiny Cityscapes test data (no training data), a config that only points the *test* set at it, and a
+    checkpoint of that config's model."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import evit_mm.mmseg  # noqa: F401
+    from evit_mm.sample_data import make_cityscapes_sample
+    root = tmp_path_factory.mktemp('seg')
+    data = make_cityscapes_sample(str(root / 'city'), num_train=1, num_val=2, image_size=(64, 128))
+    config = root / 'tiny_seg.py'
+    config.write_text(SEG_TINY.format(base=SEG_CONFIG, root=data['root']))
+    cfg = Config.fromfile(str(config))
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    checkpoint = str(root / 'seg_b0.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': {'iter': 1}}, checkpoint)
+    return dict(root=root, data_root=data['root'], config=str(config), checkpoint=checkpoint, model=model)
+
+
+def test_test_tool_refuses_an_unrelated_checkpoint(seg_setup, tmp_path):
+    """An EfficientViT-M4 file given to a B0 segmentation config: before, mmengine loaded it non-strictly, evaluated
+    random weights and exited 0; now the error names the file and lists the keys; --no-strict relaxes it."""
+    from evit_mm.models import CheckpointMismatchError, EfficientViTM
+    test_tool = _tool('test')
+    unrelated = str(tmp_path / 'm4.pth')
+    torch.save({'state_dict': EfficientViTM('m4').state_dict()}, unrelated)
+    work = str(tmp_path / 'work')
+    with pytest.raises(CheckpointMismatchError) as err:
+        test_tool.main([seg_setup['config'], unrelated, '--work-dir', work])
+    msg = str(err.value)
+    assert unrelated in msg
+    assert 'missing in the checkpoint' in msg and 'backbone.input_stem.op_list.0.conv.weight' in msg
+    assert 'unexpected in the checkpoint' in msg and 'patch_embed.0.conv.weight' in msg
+    assert err.value.missing and err.value.unexpected
+    metrics = test_tool.main([seg_setup['config'], unrelated, '--work-dir', work, '--no-strict'])
+    assert 'mIoU' in metrics
+
+
+def test_test_tool_loads_a_matching_checkpoint_strictly(seg_setup, tmp_path):
+    """The strict path loads every weight (compared with the model that wrote the checkpoint)."""
+    sys.path.insert(0, TOOLS)
+    try:
+        from _runner_utils import build_runner, load_config, use_checked_loading
+    finally:
+        sys.path.remove(TOOLS)
+    cfg = load_config(seg_setup['config'])
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.load_from = seg_setup['checkpoint']
+    runner = build_runner(cfg)
+    use_checked_loading(runner)
+    runner.load_or_resume()
+    expected = seg_setup['model'].state_dict()
+    got = runner.model.state_dict()
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_test_tool_refuses_a_checkpoint_missing_a_weight(seg_setup, tmp_path):
+    test_tool = _tool('test')
+    sd = torch.load(seg_setup['checkpoint'], weights_only=True)['state_dict']
+    del sd['decode_head.output_ops.0.op_list.0.conv.weight']
+    sd['decode_head.extra.weight'] = torch.zeros(1)
+    path = str(tmp_path / 'broken.pth')
+    torch.save({'state_dict': sd}, path)
+    with pytest.raises(RuntimeError, match=r'decode_head\.output_ops\.0\.op_list\.0\.conv\.weight') as err:
+        test_tool.main([seg_setup['config'], path, '--work-dir', str(tmp_path / 'w')])
+    assert 'decode_head.extra.weight' in str(err.value) and path in str(err.value)
+
+
+def _toy_runner(model, resume=False):
+    """The parts of a Runner that load_checkpoint_checked uses."""
+    from mmengine.logging import MMLogger
+    return types.SimpleNamespace(model=model, call_hook=lambda *a, **k: None, _resume=resume, _has_loaded=False,
+                                 logger=MMLogger.get_current_instance())
+
+
+def test_load_from_loads_strictly_and_resume_is_unchanged(tmp_path):
+    """train.py's load_from goes through the same strict loader; resume keeps mmengine's own loading."""
+    runner_utils = _tool('_runner_utils')
+    calls = []
+    runner = _toy_runner(nn.Linear(2, 2))
+    runner.load_checkpoint = lambda filename, map_location='cpu', **kw: calls.append((filename, kw)) or {}
+    runner_utils.use_checked_loading(runner)
+    path = str(tmp_path / 'other.pth')
+    torch.save({'state_dict': {'weight': torch.ones(3, 3)}}, path)
+    from evit_mm.models import CheckpointMismatchError
+    with pytest.raises(CheckpointMismatchError, match='bias'):
+        runner.load_checkpoint(path)
+    assert not calls
+    runner._resume = True
+    runner.load_checkpoint(path, map_location='cpu')
+    assert calls == [(path, {})]
+    train_tool = _tool('train')
+    assert train_tool.parse_args(['config.py']).strict and not train_tool.parse_args(['c.py', '--no-strict']).strict
+
+
+def _evit_to_cream(key: str) -> str:
+    """evit_mm EfficientViTM key -> Cream's detection backbone key (the inverse of the converter's renaming)."""
+    parts = key.split('.')
+    if len(parts) >= 2 and parts[-2] == 'conv':
+        parts[-2] = 'c'
+    key = '.'.join(parts)
+    if key.startswith('patch_embed.'):
+        return key
+    m = re.match(r'^stages\.(\d+)\.blocks\.(\d+)\.(.+)$', key)
+    if m:
+        stage, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+        j += 3 if stage else 0
+        m2 = re.match(r'^(dw0|dw1|ffn0|ffn1)\.(.+)$', rest)
+        if m2:
+            rest = f'{m2.group(1)}.m.{m2.group(2)}'
+        elif rest.startswith('attn.proj.'):
+            rest = 'mixer.m.attn.proj.1.' + rest[len('attn.proj.'):]
+        else:
+            rest = 'mixer.m.' + rest
+        return f'blocks{stage + 1}.{j}.{rest}'
+    m = re.match(r'^stages\.(\d+)\.downsample\.(\w+)\.(.+)$', key)
+    stage, part, rest = int(m.group(1)), m.group(2), m.group(3)
+    if part == 'merge':
+        return f'blocks{stage + 1}.1.{rest}'
+    j, k = {'dw_pre': (0, 0), 'ffn_pre': (0, 1), 'dw_post': (2, 0), 'ffn_post': (2, 1)}[part]
+    return f'blocks{stage + 1}.{j}.{k}.m.{rest}'
+
+
+@pytest.fixture(scope='module')
+def retinanet_m0():
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+
+    import evit_mm.mmdet  # noqa: F401
+    cfg = Config.fromfile(DET_CONFIG)
+    cfg.model.backbone.init_cfg = None
+    init_default_scope('mmdet')
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return MODELS.build(cfg.model)
+    return build
+
+
+def test_raw_cream_detector_checkpoint_is_converted(retinanet_m0, tmp_path):
+    """A Cream detector file (mmdet 2.x, backbone in Cream's layout) given to test.py / load_from."""
+    from evit_mm.models.efficientvit_msra import convert_msra_state_dict
+    runner_utils = _tool('_runner_utils')
+    source = retinanet_m0(0)
+    sd = source.state_dict()
+    cream = {(f'backbone.{_evit_to_cream(k[9:])}' if k.startswith('backbone.') else k): v for k, v in sd.items()}
+    # the renaming above is the converter's inverse: it is recognised as Cream's and converts back exactly
+    back, report = convert_msra_state_dict({k: v for k, v in cream.items() if k.startswith('backbone.')},
+                                           return_report=True)
+    assert report.format == 'cream-det' and set(back) == {k[9:] for k in sd if k.startswith('backbone.')}
+    path = str(tmp_path / 'retinanet_efficientvit_m0_cream.pth')
+    torch.save({'state_dict': cream, 'meta': {'mmdet_version': '2.28.2'}}, path)
+    target = retinanet_m0(1)
+    assert not torch.equal(target.state_dict()['backbone.patch_embed.0.conv.weight'],
+                           sd['backbone.patch_embed.0.conv.weight'])
+    runner_utils.load_checkpoint_checked(_toy_runner(target), path)
+    got = target.state_dict()
+    assert all(torch.equal(got[k], sd[k]) for k in sd)
+    # a model whose backbone is not an EfficientViTM: refused, with the converter command
+    other = nn.Module()
+    other.backbone = nn.Linear(2, 2)
+    with pytest.raises(SystemExit, match=re.escape(f'python tools/convert_efficientvit_msra.py {path} ')):
+        runner_utils.load_checkpoint_checked(_toy_runner(other), path)
+
+
+def test_nonfinite_weights_refused_by_the_tools(tmp_path):
+    runner_utils = _tool('_runner_utils')
+    from evit_mm.models.checkpoint import NonFiniteWeightsError
+    model = nn.Linear(2, 2)
+    sd = model.state_dict()
+    sd['weight'] = torch.tensor([[1.0, float('nan')], [0.0, 1.0]])
+    path = str(tmp_path / 'nan.pth')
+    torch.save({'state_dict': sd}, path)
+    with pytest.raises(NonFiniteWeightsError, match=re.escape(path)) as err:
+        runner_utils.load_checkpoint_checked(_toy_runner(model), path)
+    assert err.value.keys == ['weight'] and 'NaN' in str(err.value)
+    runner_utils.load_checkpoint_checked(_toy_runner(model), path, allow_nonfinite=True)
+    assert torch.isnan(model.weight).any()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# item 4: trust is scoped to the listed files; builtins.bytes
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_trust_is_scoped_to_the_listed_files(tmp_path, monkeypatch):
+    from evit_mm.compat import TRUST_ENV, load_local_checkpoint
+    listed, other = tmp_path / 'listed.pth', tmp_path / 'other.pth'
+    for path in (listed, other):
+        torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': CustomMeta(1)}, path)
+    monkeypatch.setenv(TRUST_ENV, os.pathsep.join([str(tmp_path / 'missing.pth'), str(listed)]))
+    assert load_local_checkpoint(str(listed), 'cpu')['meta'].value == 1
+    with pytest.raises(pickle.UnpicklingError, match='CustomMeta') as err:
+        load_local_checkpoint(str(other), 'cpu')
+    assert str(other) in str(err.value) and TRUST_ENV in str(err.value)
+    # a relative spelling of a listed file is the same file
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(TRUST_ENV, 'listed.pth')
+    assert load_local_checkpoint(str(listed), 'cpu')['meta'].value == 1
+    # '1' no longer trusts everything, and says what to do instead
+    monkeypatch.setenv(TRUST_ENV, '1')
+    with pytest.raises(pickle.UnpicklingError, match='no longer trusts every file') as err:
+        load_local_checkpoint(str(other), 'cpu')
+    assert f'{TRUST_ENV}={osp.realpath(other)}' in str(err.value)
+
+
+def test_downloaded_pretrained_file_is_loaded_weights_only(tmp_path, monkeypatch):
+    """mmengine downloads http(s):// checkpoints with torch.hub.load_state_dict_from_url(weights_only=False);
+    evit_mm's loader downloads into torch.hub's folder and loads the file weights-only."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    from evit_mm.compat import TRUST_ENV, apply_all
+    apply_all()
+    served = tmp_path / 'served.pth'
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': CustomMeta(2)}, served)
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    downloads = []
+
+    def fake_download(url, dst, *args, **kwargs):
+        downloads.append(url)
+        with open(served, 'rb') as src, open(dst, 'wb') as out:
+            out.write(src.read())
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', fake_download)
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    url = 'https://example.com/models/evil.pth'
+    with pytest.raises(pickle.UnpicklingError, match='CustomMeta'):
+        CheckpointLoader.load_checkpoint(url, map_location='cpu')
+    cached = osp.join(str(tmp_path / 'torch_home'), 'hub', 'checkpoints', 'evil.pth')
+    assert downloads == [url] and osp.isfile(cached)
+    monkeypatch.setenv(TRUST_ENV, cached)  # trusting the downloaded file by its path
+    assert CheckpointLoader.load_checkpoint(url, map_location='cpu')['meta'].value == 2
+    assert downloads == [url]  # cached: not downloaded again
+
+
+def test_empty_history_buffer_checkpoint_loads_weights_only(tmp_path, monkeypatch):
+    """An empty HistoryBuffer pickles builtins.bytes; mmengine's load_checkpoint of such a file failed."""
+    from mmengine.logging import HistoryBuffer, MessageHub
+    from mmengine.runner.checkpoint import load_checkpoint
+    from evit_mm.compat import TRUST_ENV, apply_all
+    apply_all()
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    hub = MessageHub.get_instance('test_empty_history_buffer')
+    hub.update_scalar('train/loss', 0.5)
+    model = nn.Linear(2, 2)
+    path = str(tmp_path / 'hub.pth')
+    torch.save({'state_dict': model.state_dict(), 'message_hub': hub.state_dict(),
+                'buffers': {'empty': HistoryBuffer()}}, path)
+    assert 'builtins.bytes' in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    target = nn.Linear(2, 2)
+    checkpoint = load_checkpoint(target, path, map_location='cpu', strict=True)
+    assert isinstance(checkpoint['buffers']['empty'], HistoryBuffer)
+    assert torch.equal(target.weight, model.weight)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# item 5: damaged and wrong files name the file and the cause
+# ----------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def damaged(tmp_path):
+    from evit_mm.models import EfficientViTM
+    model = EfficientViTM('m0')
+    good = tmp_path / 'good.pth'
+    torch.save(model.state_dict(), good)
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    truncated = tmp_path / 'truncated.pth'
+    data = good.read_bytes()
+    truncated.write_bytes(data[:len(data) // 2])
+    return dict(empty=str(empty), truncated=str(truncated), good=str(good))
+
+
+@pytest.mark.parametrize('kind, cause', [('empty', 'is empty'), ('truncated', 'truncated')])
+def test_damaged_file_names_the_file(damaged, kind, cause):
+    from mmengine.runner.checkpoint import CheckpointLoader
+    from evit_mm.compat import apply_all
+    from evit_mm.models import EfficientViTM, read_checkpoint
+    from evit_mm.models.checkpoint import CheckpointFileError
+    apply_all()
+    path = damaged[kind]
+    for load in (lambda: read_checkpoint(path), lambda: EfficientViTM('m0').load_pretrained(path),
+                 lambda: CheckpointLoader.load_checkpoint(path, map_location='cpu')):
+        with pytest.raises(CheckpointFileError, match=cause) as err:
+            load()
+        assert path in str(err.value)
+
+
+def test_nonfinite_weights_are_refused(tmp_path):
+    from evit_mm.models import EfficientViTM
+    from evit_mm.models.checkpoint import NonFiniteWeightsError
+    model = EfficientViTM('m0')
+    sd = model.state_dict()
+    sd['patch_embed.0.conv.weight'] = sd['patch_embed.0.conv.weight'].clone()
+    sd['patch_embed.0.conv.weight'][0, 0, 0, 0] = float('nan')
+    sd['stages.0.blocks.0.attn.attention_biases'] = torch.full_like(sd['stages.0.blocks.0.attn.attention_biases'],
+                                                                    float('inf'))
+    path = str(tmp_path / 'diverged.pth')
+    torch.save(sd, path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteWeightsError) as err:
+        model.load_pretrained(path)
+    assert path in str(err.value)
+    assert sorted(err.value.keys) == ['patch_embed.0.conv.weight', 'stages.0.blocks.0.attn.attention_biases']
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_nonfinite_pretrained_init_cfg_names_the_file(tmp_path):
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    import evit_mm.mmdet  # noqa: F401
+    from evit_mm.models import EfficientViTM
+    from evit_mm.models.checkpoint import NonFiniteWeightsError
+    sd = EfficientViTM('m0').state_dict()
+    sd['patch_embed.2.bn.running_var'] = torch.full_like(sd['patch_embed.2.bn.running_var'], float('inf'))
+    path = str(tmp_path / 'inf_backbone.pth')
+    torch.save(sd, path)
+    init_default_scope('mmdet')
+    backbone = MODELS.build(dict(type='EfficientViTM', arch='m0', init_cfg=dict(type='Pretrained', checkpoint=path)))
+    with pytest.raises(NonFiniteWeightsError, match=re.escape(path)) as err:
+        backbone.init_weights()
+    assert err.value.keys == ['patch_embed.2.bn.running_var']
+
+
+def test_msra_checkpoint_into_mit_model_names_the_family(tmp_path):
+    """An EfficientViT-M4 file loaded into B2: before, "timm state dict: cannot tell EfficientViT-B from -L"."""
+    from evit_mm.models import CheckpointMismatchError, EfficientViTB, EfficientViTM
+    m4 = EfficientViTM('m4').state_dict()
+    path = str(tmp_path / 'efficientvit_m4.pth')
+    torch.save({'model': m4}, path)
+    with pytest.raises(ValueError) as err:
+        EfficientViTB('b2').load_pretrained(path)
+    msg = str(err.value)
+    assert path in msg and 'EfficientViT-M' in msg and 'EfficientViTM' in msg and 'm4' in msg
+    assert 'cannot tell' not in msg
+    # under backbone. (a detector checkpoint): the key diff, then the same explanation
+    det = str(tmp_path / 'detector_m4.pth')
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in m4.items()}}, det)
+    with pytest.raises(CheckpointMismatchError, match=r'hint: this is an EfficientViT-M \(MSRA\) checkpoint'):
+        EfficientViTB('b2').load_pretrained(det)
+
+
+def test_mit_checkpoint_into_msra_model_names_the_file(tmp_path):
+    from evit_mm.models import EfficientViTB, EfficientViTM
+    path = str(tmp_path / 'efficientvit_b2.pth')
+    torch.save(EfficientViTB('b2').state_dict(), path)
+    with pytest.raises(ValueError, match=re.escape(path) + ': not an EfficientViT-M state dict'):
+        EfficientViTM('m4').load_pretrained(path)
+
+
+@pytest.mark.parametrize('allow_pickle', [False, True])
+def test_converter_names_an_empty_input(damaged, capsys, allow_pickle):
+    converter = _tool('convert_efficientvit_msra')
+    args = [damaged['empty'], damaged['empty'] + '.out'] + (['--allow-pickle'] if allow_pickle else [])
+    assert converter.main(args) == 1
+    err = capsys.readouterr().err
+    assert damaged['empty'] in err and 'is empty' in err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# item 9 (part): tools/test.py --show-dir
+# ----------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_show_dir_seg_with_only_the_test_root_overridden(seg_setup, tmp_path):
+    """The released config, its test set pointed at the sample data with --cfg-options (no training data):
+    mmseg's visualization hook read runner.iter, which built the training set and crashed."""
+    work = str(tmp_path / 'work')
+    root = seg_setup['data_root']
+    proc = _run_tool([osp.join(TOOLS, 'test.py'), SEG_CONFIG, seg_setup['checkpoint'], '--work-dir', work,
+                      '--show-dir', 'vis', '--cfg-options', f'test_dataloader.dataset.data_root={root}',
+                      'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
+                      'model.backbone.init_cfg=None'], cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    drawn = glob.glob(osp.join(work, 'vis', '**', '*.png'), recursive=True)
+    assert len(drawn) == 2, drawn
+
+
+SR_TINY = """
+_base_ = [{base!r}]
+test_dataloader = _base_.test_dataloader
+for loader in test_dataloader:
+    loader.update(num_workers=0, persistent_workers=False)
+    loader['dataset']['data_root'] = loader['dataset']['data_root'].replace('data', {root!r}, 1)
+"""
+
+
+@pytest.mark.slow
+def test_show_dir_mmagic(tmp_path):
+    """mmagic configs draw through a custom BasicVisualizationHook (no default_hooks.visualization): --show-dir
+    was refused; now the drawings of every test set go into the folder."""
+    from mmagic.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import evit_mm.mmagic  # noqa: F401
+    from evit_mm.sample_data.sr import make_sr_testset
+    root = str(tmp_path / 'sr')
+    for i, name in enumerate(('BSD100', 'Set5', 'Set14')):
+        make_sr_testset(osp.join(root, name), num_images=i + 1, gt_size=(24, 36), scales=(2,), seed=i)
+    names = {osp.splitext(osp.basename(p))[0] for p in glob.glob(osp.join(root, '*', 'GTmod12', '*.png'))}
+    config = tmp_path / 'tiny_sr.py'
+    config.write_text(SR_TINY.format(base=SR_CONFIG, root=root))
+    init_default_scope('mmagic')
+    model = MODELS.build(Config.fromfile(str(config)).model)
+    checkpoint = str(tmp_path / 'sr.pth')
+    torch.save({'state_dict': model.state_dict()}, checkpoint)
+    work = str(tmp_path / 'work')
+    proc = _run_tool([osp.join(TOOLS, 'test.py'), str(config), checkpoint, '--work-dir', work, '--show-dir', 'vis'],
+                     cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    drawn = glob.glob(osp.join(work, 'vis', '**', '*.png'), recursive=True)
+    # mmagic names a drawing after its image (<name>_<step>.png): one per distinct test image
+    assert {osp.basename(p).rsplit('_', 1)[0] for p in drawn} == names and len(names) > 1, (drawn, names)
+
