@@ -33,6 +33,9 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=4,
     num_workers=1,
+    # fresh workers each epoch: a persistent worker's random state (augmentations) is not in the checkpoint,
+    # so only without one does a resumed run reproduce the uninterrupted run (docs/efficientvit_m.md)
+    persistent_workers=False,
     dataset=dict(
         data_root=data_root,
         metainfo=metainfo,

@@ -19,6 +19,7 @@ decay on norms/biases, together). See docs/efficientvit_seg.md.
 """
 from mmseg.registry import MODELS
 
+from .. import engine  # noqa: F401  (atomic checkpoints and reproducible resumes for every CheckpointHook)
 from ..mm_common import mm_module
 from ..models import efficientvit_mit, efficientvit_msra, sam
 from .decode_head import EfficientViTSegDecodeHead
