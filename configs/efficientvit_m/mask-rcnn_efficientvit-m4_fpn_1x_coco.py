@@ -2,6 +2,7 @@
 # Upstream base: mmdet 3.3.0's Mask R-CNN-R50-FPN 1x. This file states only what differs.
 _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
 custom_imports = dict(imports=['evit_mm.mmdet'], allow_failed_imports=False)
+custom_hooks = [dict(type='PyramidStrideCheckHook')]  # warns if the neck's strides and the anchors' disagree
 
 pretrained = 'checkpoints/efficientvit_m4.pth'
 model = dict(

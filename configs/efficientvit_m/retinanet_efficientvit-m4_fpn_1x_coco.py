@@ -3,6 +3,7 @@
 # 500-iter linear warm-up and steps at 8 and 11). This file states only what differs.
 _base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
 custom_imports = dict(imports=['evit_mm.mmdet'], allow_failed_imports=False)
+custom_hooks = [dict(type='PyramidStrideCheckHook')]  # warns if the neck's strides and the anchors' disagree
 
 # ImageNet-1k weights: an official Cream classification checkpoint (efficientvit_m4.pth), a timm state dict or
 # a file converted by tools/convert_efficientvit_msra.py; set with

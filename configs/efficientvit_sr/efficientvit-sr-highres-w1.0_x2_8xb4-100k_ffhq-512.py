@@ -39,4 +39,5 @@ test_evaluator = [dict(type='Evaluator', metrics=val_evaluator)]
 
 train_cfg = dict(max_iters=100_000, val_interval=5000)
 param_scheduler = dict(milestones=[50_000, 80_000, 90_000, 95_000])
-default_hooks = dict(checkpoint=dict(save_best='FFHQ/PSNR'))
+# out_dir=None: checkpoints go to work_dir (--work-dir), not to mmagic's default './work_dirs/<basename of work_dir>'
+default_hooks = dict(checkpoint=dict(save_best='FFHQ/PSNR', out_dir=None))

@@ -32,4 +32,5 @@ val_evaluator = [
 val_cfg = dict(type='MultiValLoop')  # one loop over the three sets (mmagic's x3/x4 SwinIR bases use ValLoop)
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator
-default_hooks = dict(checkpoint=dict(save_best='BSD100/PSNR'))
+# out_dir=None: checkpoints go to work_dir (--work-dir), not to mmagic's default './work_dirs/<basename of work_dir>'
+default_hooks = dict(checkpoint=dict(save_best='BSD100/PSNR', out_dir=None))

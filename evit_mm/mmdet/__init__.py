@@ -8,9 +8,12 @@ Registered: ``EfficientViTM`` (M0-M5), ``EfficientViTB`` (B0-B3), ``EfficientViT
 and the ``EfficientViTFPN`` neck. Each is the pure-PyTorch core class plus mmengine's ``init_cfg``;
 ``init_cfg=dict(type='Pretrained', checkpoint=...)`` converts official checkpoints and loads strictly.
 Also ``EfficientViTSamEncoder`` (EfficientViT-SAM's image encoder as a backbone) and ``BoxPromptedSAM``: any mmdet detector whose boxes prompt EfficientViT-SAM (instance masks, zero-shot).
+``PyramidStrideCheckHook`` (in ``HOOKS``) and ``check_pyramid_strides`` warn when a detector's neck strides and
+its anchor/RoI strides disagree (see ``stride_check``).
 """
 from mmdet.registry import MODELS
 
+from .. import engine  # noqa: F401  (atomic checkpoints and reproducible resumes for every CheckpointHook)
 from ..mm_common import mm_module
 from ..models import efficientvit_mit, efficientvit_msra, efficientvit_msra_fpn, sam
 
@@ -22,6 +25,7 @@ EfficientViTSamEncoder = MODELS.register_module(
     name='EfficientViTSamEncoder', module=mm_module(sam.EfficientViTSamBackbone, name='EfficientViTSamEncoder'))
 
 from .box_prompted_sam import BoxPromptedSAM  # noqa: E402  (registers itself)
+from .stride_check import PyramidStrideCheckHook, PyramidStrideWarning, check_pyramid_strides  # noqa: E402
 
 __all__ = ['EfficientViTM', 'EfficientViTB', 'EfficientViTL', 'EfficientViTFPN', 'EfficientViTSamEncoder',
-           'BoxPromptedSAM']
+           'BoxPromptedSAM', 'PyramidStrideCheckHook', 'PyramidStrideWarning', 'check_pyramid_strides']

@@ -26,6 +26,9 @@ Layouts (what mmagic's configs and converters expect; see docs/super_resolution.
   ``ffhq/meta_info_FFHQ_train3000_GT.txt`` (names 00000...) and ``ffhq/meta_info_FFHQ_val500_GT.txt``
   (names 60000..., FFHQ's conventional validation range 60000-69999).
 
+The builders' defaults are tiny (for tests); :func:`make_sr_config_data` builds all of them at the sizes the
+shipped SR configs crop (``configs/efficientvit_sr/``), so those configs run on it unchanged.
+
 mmagic is imported lazily (only its resize); building a dataset needs it, importing this module does not.
 """
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ['TRAIN_PHOTOS', 'HELD_OUT_PHOTOS', 'load_photo', 'matlab_resize', 'hr_crops', 'make_div2k_sample',
-           'make_sr_testset', 'make_ffhq_sample', 'extract_subimages', 'downsample_folder']
+           'make_sr_testset', 'make_ffhq_sample', 'make_sr_config_data', 'extract_subimages', 'downsample_folder']
 
 #: photographs for training sets (DIV2K, FFHQ train)
 TRAIN_PHOTOS = ('astronaut', 'rocket', 'stereo_motorcycle', 'immunohistochemistry', 'hubble_deep_field', 'brick',
@@ -250,15 +253,20 @@ def make_sr_testset(root: str, num_images: int = 2, gt_size: Sequence[int] = (96
 
 
 def make_ffhq_sample(root: str, num_train: int = 4, num_val: int = 2, size: int = 96, scale: int = 2, seed: int = 0,
-                     overwrite: bool = False) -> dict:
-    """A tiny FFHQ-style SR set: square GT images ``images/00000.png ...`` (training, from
-    :data:`TRAIN_PHOTOS`) and ``images/60000.png ...`` (validation, from :data:`HELD_OUT_PHOTOS`), their
+                     overwrite: bool = False, val_size: int | None = None, train_photos: Sequence[str] = TRAIN_PHOTOS,
+                     val_photos: Sequence[str] = HELD_OUT_PHOTOS) -> dict:
+    """A tiny FFHQ-style SR set: square GT images ``images/00000.png ...`` (training, from ``train_photos``) and
+    ``images/60000.png ...`` (validation, from ``val_photos``, ``val_size`` square, ``size`` by default), their
     ``1/scale`` bicubic copies in ``BIx{scale}_down/`` and the two annotation files (the paper's split: the first
     3000 training images, the first 500 validation images). Returns ``root``, ``gt``, ``lr``, ``ann_train``,
     ``ann_val``."""
-    if size % scale:
-        raise ValueError(f'size {size} must be a multiple of scale {scale}')
+    val_size = size if val_size is None else val_size
+    for side in (size, val_size):
+        if side % scale:
+            raise ValueError(f'size {side} must be a multiple of scale {scale}')
     params = dict(kind='ffhq', num_train=num_train, num_val=num_val, size=size, scale=scale, seed=seed)
+    if (val_size, tuple(train_photos), tuple(val_photos)) != (size, TRAIN_PHOTOS, HELD_OUT_PHOTOS):
+        params.update(val_size=val_size, train_photos=list(train_photos), val_photos=list(val_photos))
     paths = dict(root=root, gt=osp.join(root, 'images'), lr=osp.join(root, f'BIx{scale}_down'),
                  ann_train=osp.join(root, 'meta_info_FFHQ_train3000_GT.txt'),
                  ann_val=osp.join(root, 'meta_info_FFHQ_val500_GT.txt'))
@@ -266,16 +274,55 @@ def make_ffhq_sample(root: str, num_train: int = 4, num_val: int = 2, size: int 
         return paths
     rng = np.random.default_rng(seed)
     os.makedirs(root, exist_ok=True)
-    split = [(f'{i:05d}', p, 'ann_train') for i, p in enumerate(_photo_cycle(TRAIN_PHOTOS, num_train))]
-    split += [(f'{60000 + i:05d}', p, 'ann_val') for i, p in enumerate(_photo_cycle(HELD_OUT_PHOTOS, num_val))]
+    split = [(f'{i:05d}', p, 'ann_train', size) for i, p in enumerate(_photo_cycle(train_photos, num_train))]
+    split += [(f'{60000 + i:05d}', p, 'ann_val', val_size)
+              for i, p in enumerate(_photo_cycle(val_photos, num_val))]
     lines = {'ann_train': [], 'ann_val': []}
-    for name, photo, ann in split:
-        gt = hr_crops(photo, (size, size), 1, rng)[0]
+    for name, photo, ann, side in split:
+        gt = hr_crops(photo, (side, side), 1, rng)[0]
         _imwrite(osp.join(paths['gt'], f'{name}.png'), gt)
         _imwrite(osp.join(paths['lr'], f'{name}.png'), matlab_resize(gt, scale=1.0 / scale))
-        lines[ann].append(f'{name}.png ({size}, {size}, 3)\n')
+        lines[ann].append(f'{name}.png ({side}, {side}, 3)\n')
     for ann, text in lines.items():
         with open(paths[ann], 'w') as f:
             f.writelines(text)
     _stamp(root, params)
+    return paths
+
+
+#: LR training patch side of the lightweight SR configs (mmagic's SwinIR-light recipe: ``gt_patch_size = 64 * scale``)
+CONFIG_LQ_PATCH = 64
+#: GT training patch side of the high-resolution (FFHQ) SR configs
+CONFIG_HIGHRES_GT_PATCH = 512
+#: training photographs with both sides >= CONFIG_HIGHRES_GT_PATCH
+_LARGE_TRAIN_PHOTOS = ('astronaut', 'hubble_deep_field')
+
+
+def make_sr_config_data(data_root: str = 'data', scales: Sequence[int] = (2, 3, 4), seed: int = 0,
+                        overwrite: bool = False) -> dict:
+    """Every dataset the configs of ``configs/efficientvit_sr/`` read, under ``data_root`` (``DIV2K``, ``BSD100``,
+    ``Set5``, ``Set14``, ``ffhq``), large enough for their training crops, so that the shipped configs run on it
+    as they are (``python tools/train.py CONFIG`` from the directory holding ``data_root='data'``).
+
+    The builders' defaults are smaller than the configs' crops (their DIV2K sub-images are 96 px, 48 px at x2,
+    below the 64 px LR patches of the recipe): here the DIV2K sub-images are the smallest multiple of every
+    scale that gives LR sub-images of at least :data:`CONFIG_LQ_PATCH` px at the largest scale, and the FFHQ
+    training images are :data:`CONFIG_HIGHRES_GT_PATCH` px (cut from the two training photographs that large;
+    the validation images stay small). Returns the paths of each set, by set name.
+    """
+    from math import gcd
+    lcm = 1
+    for s in scales:
+        lcm = lcm * s // gcd(lcm, s)
+    crop = -(-CONFIG_LQ_PATCH * max(scales) // lcm) * lcm
+    hr = -(-crop // 12) * 12 + 12  # a multiple of 12, larger than the crop: 2x2 overlapping sub-images
+    step = lcm * max(1, crop // (2 * lcm))
+    paths = {'DIV2K': make_div2k_sample(osp.join(data_root, 'DIV2K'), num_train=2, num_test=1, hr_size=(hr, hr),
+                                        scales=scales, crop_size=crop, step=step, seed=seed, overwrite=overwrite)}
+    for i, name in enumerate(('BSD100', 'Set5', 'Set14')):
+        paths[name] = make_sr_testset(osp.join(data_root, name), num_images=2, scales=scales, seed=seed + i,
+                                      overwrite=overwrite)
+    paths['ffhq'] = make_ffhq_sample(osp.join(data_root, 'ffhq'), num_train=2, num_val=2,
+                                     size=CONFIG_HIGHRES_GT_PATCH, val_size=96, seed=seed, overwrite=overwrite,
+                                     train_photos=_LARGE_TRAIN_PHOTOS)
     return paths
