@@ -1,4 +1,5 @@
-"""Smoke test of tools/benchmark.py: it runs, writes valid JSON / markdown / PNG, and rejects bad arguments.
+"""Smoke test of tools/benchmark.py and its package evit_mm.benchmark: it runs, writes valid JSON / markdown / PNG,
+and rejects bad arguments.
 
 Not a timed test: nothing here asserts a speed relation between models.
 """
@@ -11,6 +12,9 @@ import pytest
 import torch
 
 from conftest import ROOT
+from evit_mm.benchmark import candidates, report, specs, timer
+from evit_mm.models.bn_folding import fold_batchnorm
+from evit_mm.models.classifier import EfficientViTMClassifier, imagenet_windows
 
 TOOL = osp.join(ROOT, 'tools', 'benchmark.py')
 
@@ -49,10 +53,10 @@ def test_runs_and_writes_json_table_and_png(bench, tmp_path, capsys):
     assert result['meta']['machine']['cpu_count'] >= 1
 
     # params: exactly the parameter count of the model that was timed (and of timm's same architecture)
-    model = bench.EfficientViTMClassifier('m0', img_size=64)
+    model = EfficientViTMClassifier('m0', img_size=64)
     info = result['models']['efficientvit_m0']
     assert info['params'] == sum(p.numel() for p in model.parameters()) == info['params_timm']
-    backbone = bench.MODEL_SPECS['efficientvit_m0'].backbone()
+    backbone = specs.MODEL_SPECS['efficientvit_m0'].backbone()
     assert info['params_backbone'] == sum(p.numel() for p in backbone.parameters())
     assert info['macs'] > 0 and info['macs'] == info['macs_timm']
 
@@ -93,18 +97,20 @@ def test_unknown_model_lists_the_known_ones(bench, capsys):
     err = capsys.readouterr().err
     assert 'efficientvit_m9' in err
     assert all(f'efficientvit_m{i}' in err for i in range(6))
-    assert all(family in err for family in bench.FAMILIES)
+    assert all(family in err for family in specs.FAMILIES)
 
 
-def test_every_family_is_known(bench):
-    fams = bench.families()
+def test_every_family_is_known():
+    fams = specs.families()
     assert [len(fams[f]) for f in ('efficientvit_m', 'efficientvit_b', 'efficientvit_l', 'efficientvit_seg',
                                     'efficientvit_sam')] == [6, 4, 4, 6, 5]
-    assert fams['efficientvit_sr'] == (['efficientvit_sr_x2'] if bench._sr_available() else [])
-    for name, _ in bench.QUICK:  # --quick runs one model of every family
-        assert name in bench.MODEL_SPECS or name == 'efficientvit_sr_x2'
-    assert {bench.MODEL_SPECS[n].family for n, _ in bench.QUICK if n in bench.MODEL_SPECS} >= set(bench.FAMILIES[:5])
-    for spec in bench.MODEL_SPECS.values():  # every model has a peer, except L0 (timm has no L0; SAM-L0 has peers)
+    sr = ['efficientvit_sr_x2', 'efficientvit_sr_x2_w0.75', 'efficientvit_sr_highres_x2',
+          'efficientvit_sr_highres_x2_w0.75']  # what tools/benchmark_sr.py timed, now in the one tool
+    assert fams['efficientvit_sr'] == (sr if specs._sr_available() else [])
+    for name, _ in specs.QUICK:  # --quick runs one model of every family
+        assert name in specs.MODEL_SPECS or name == 'efficientvit_sr_x2'
+    assert {specs.MODEL_SPECS[n].family for n, _ in specs.QUICK if n in specs.MODEL_SPECS} >= set(specs.FAMILIES[:5])
+    for spec in specs.MODEL_SPECS.values():  # every model has a peer, except L0 (timm has no L0; SAM-L0 has peers)
         assert spec.peers or spec.timm_build is not None or spec.name == 'efficientvit_l0', spec.name
 
 
@@ -114,7 +120,7 @@ def test_quick_runs_every_family_from_one_command(bench, tmp_path, capsys):
     assert bench.main(['--quick', '--progress', 'off', '--out-dir', str(out)]) == 0
     result = json.loads((out / 'benchmark.json').read_text())
     families = {r['family'] for r in result['results'] if r['role'] == 'model'}
-    expected = set(bench.FAMILIES) if bench._sr_available() else set(bench.FAMILIES) - {'efficientvit_sr'}
+    expected = set(specs.FAMILIES) if specs._sr_available() else set(specs.FAMILIES) - {'efficientvit_sr'}
     assert families == expected
     peers = {r['peer'] for r in result['results'] if r['role'] == 'peer'}
     assert {'mobilenetv3', 'segformer', 'sam_vit_b'} <= peers
@@ -135,6 +141,9 @@ def test_quick_runs_every_family_from_one_command(bench, tmp_path, capsys):
     (['--repeats', '0'], '--repeats'),
     (['--warmup', '-2'], '--warmup'),
     (['--img-size', '8'], '--img-size'),
+    (['--img-size', '64x8'], '--img-size'),
+    (['--img-size', '64by64'], '--img-size'),
+    (['--img-size', '64x64x3'], '--img-size'),
     (['--peers', 'resnet'], 'resnet'),
 ])
 def test_bad_arguments_give_clear_errors(bench, capsys, bad, what):
@@ -152,7 +161,7 @@ def test_cuda_without_a_gpu_says_so_and_skips(bench, tmp_path, capsys):
     assert not (tmp_path / 'gpu').exists()
 
 
-def test_gpu_batch_search_doubles_then_backs_off(bench):
+def test_gpu_batch_search_doubles_then_backs_off():
     tried = []
 
     def try_batch(b):
@@ -160,53 +169,53 @@ def test_gpu_batch_search_doubles_then_backs_off(bench):
         if b > 300:
             raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate ...')
 
-    assert bench.largest_pow2_batch(try_batch, max_batch=4096) == 256
+    assert timer.largest_pow2_batch(try_batch, max_batch=4096) == 256
     assert tried == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-    assert bench.largest_pow2_batch(lambda b: None, max_batch=64) == 64  # capped
+    assert timer.largest_pow2_batch(lambda b: None, max_batch=64) == 64  # capped
     with pytest.raises(ValueError):  # other errors are not taken for out-of-memory
-        bench.largest_pow2_batch(lambda b: (_ for _ in ()).throw(ValueError('boom')), max_batch=8)
+        timer.largest_pow2_batch(lambda b: (_ for _ in ()).throw(ValueError('boom')), max_batch=8)
 
 
-def test_gpu_protocol_logic_runs_on_cpu(bench):
+def test_gpu_protocol_logic_runs_on_cpu():
     """The GPU protocol (autocast, power-of-two batch search, batch-1 latency) is device independent: run it on
     the CPU with bf16 autocast so that its code is exercised without a GPU."""
     import argparse
-    cands, models = bench.build_candidates([bench.MODEL_SPECS['efficientvit_m0']], [], 32, 0, lambda msg: None)
+    cands, models = candidates.build_candidates([specs.MODEL_SPECS['efficientvit_m0']], [], 32, 0, lambda msg: None)
     assert [(c.impl, c.mode) for c in cands] == [('evit_mm', 'eager'), ('evit_mm', 'deploy')]
     args = argparse.Namespace(amp='bf16', img_size=32, max_batch=4, warmup=0.0, duration=0.05, repeats=1,
                               peer_windows='per-model')
     setting = dict(device='cpu', protocol='gpu', batch_size='max', label='simulated GPU protocol')
-    rows = bench.measure_setting(cands, setting, args, lambda msg: None, progress=False)
+    rows = timer.measure_setting(cands, setting, args, lambda msg: None, progress=False)
     for row in rows:
         assert row['batch_size'] == 4 and row['precision'] == 'bf16'  # capped by max_batch
         assert row['images_per_s'] > 0 and row['latency_ms'] > 0 and len(row['latency_windows']) == 1
     result = dict(meta=dict(img_size=32, repeats=1, duration=0.05, command='x', date='d',
                             machine=dict(machine='m', cpu='c', cpu_count=1, torch='t', timm='t', evit_mm='e')),
-                  models=models, results=rows, ratios=bench.compute_ratios(rows))
-    assert '@4 /' in bench.markdown_tables(result)  # "images/s @batch / latency" cells
+                  models=models, results=rows, ratios=report.compute_ratios(rows))
+    assert '@4 /' in report.markdown_tables(result)  # "images/s @batch / latency" cells
 
 
-def test_rounds_put_the_shared_peer_next_to_every_model_and_ratios_pair_neighbours(bench):
+def test_rounds_put_the_shared_peer_next_to_every_model_and_ratios_pair_neighbours():
     def cand(key, spec, role='model'):
-        return bench.Candidate(key=key, model_name=spec or key, impl='x', mode='y', role=role, module=None,
+        return timer.Candidate(key=key, model_name=spec or key, impl='x', mode='y', role=role, module=None,
                                params=1, macs=1, spec=spec)
     cands = [cand('a/e', 'a'), cand('a/d', 'a'), cand('b/e', 'b'), cand('mnv3', '', role='peer')]
-    assert bench.window_order(cands) == ['a/e', 'a/d', 'mnv3', 'b/e', 'mnv3']
-    assert bench.window_order(cands, 'once') == ['a/e', 'a/d', 'b/e', 'mnv3']
+    assert timer.window_order(cands) == ['a/e', 'a/d', 'mnv3', 'b/e', 'mnv3']
+    assert timer.window_order(cands, 'once') == ['a/e', 'a/d', 'b/e', 'mnv3']
 
     def row(*windows):  # (time, images/s) per window
         return dict(windows=[dict(t=t, images_per_s=v) for t, v in windows])
     # the load halves the speed of everything from t=10 on: each window is compared with its neighbour in time
     a = row((1, 200), (11, 100))
     b = row((2, 100), (12, 50), (30, 10))
-    assert bench.paired_ratio(a, b) == pytest.approx(2.0)
+    assert report.paired_ratio(a, b) == pytest.approx(2.0)
 
 
-def test_imagenet_windows_match_the_paper(bench):
+def test_imagenet_windows_match_the_paper():
     # (7, 7, 4) at 224, as Cream's classification code and timm; never 0 at tiny sizes
-    assert bench.imagenet_windows(224) == (7, 7, 4)
-    assert bench.imagenet_windows(64) == (4, 2, 1)
-    assert min(bench.imagenet_windows(16)) >= 1
+    assert imagenet_windows(224) == (7, 7, 4)
+    assert imagenet_windows(64) == (4, 2, 1)
+    assert min(imagenet_windows(16)) >= 1
 
 
 def test_one_model_at_a_time_frees_each_group_and_merges_the_peer_windows(bench, tmp_path, monkeypatch):
@@ -215,7 +224,7 @@ def test_one_model_at_a_time_frees_each_group_and_merges_the_peer_windows(bench,
     import gc
     import weakref
     alive = []  # weak references to the modules of the groups built so far
-    build = bench.build_model_candidates
+    build = candidates.build_model_candidates
 
     def spy(spec, *args, **kwargs):
         gc.collect()
@@ -224,7 +233,7 @@ def test_one_model_at_a_time_frees_each_group_and_merges_the_peer_windows(bench,
         alive.extend(weakref.ref(c.module) for c in cands)
         return cands, info
 
-    monkeypatch.setattr(bench, 'build_model_candidates', spy)
+    monkeypatch.setattr(candidates, 'build_model_candidates', spy)
     args = ['--models', 'efficientvit_m0', 'efficientvit_m1', *TINY]
     assert bench.main([*args, '--out-dir', str(tmp_path / 'model')]) == 0
     assert len(alive) == 2 * 7  # both models: evit_mm eager/deploy/onnx, timm eager/fused/channels_last/onnx
@@ -245,20 +254,20 @@ def test_one_model_at_a_time_frees_each_group_and_merges_the_peer_windows(bench,
     assert mnv3[0]['t'] < by[('efficientvit_m1', 'evit_mm', 'eager')]['windows'][0]['t'] < mnv3[1]['t']
 
     # --interleave all: every candidate built first (and kept: no spy), the same rows
-    monkeypatch.setattr(bench, 'build_model_candidates', build)
+    monkeypatch.setattr(candidates, 'build_model_candidates', build)
     assert bench.main([*args, '--interleave', 'all', '--out-dir', str(tmp_path / 'all')]) == 0
     rows_all = json.loads((tmp_path / 'all' / 'benchmark.json').read_text())['results']
     assert {(r['model'], r['impl'], r['mode']) for r in rows_all} == {(r['model'], r['impl'], r['mode']) for r in rows}
 
 
-def test_fold_batchnorm_removes_every_bn_of_mobilenetv3_and_keeps_its_function(bench):
+def test_fold_batchnorm_removes_every_bn_of_mobilenetv3_and_keeps_its_function():
     import copy
     import timm
     from conftest import randomize_batchnorm_
     model = randomize_batchnorm_(timm.create_model('mobilenetv3_large_100'), 0, weights=True).eval()
     x = torch.randn(2, 3, 64, 64)
     before = copy.deepcopy(model)
-    folded = bench.fold_batchnorm(model, x[:1])
+    folded = fold_batchnorm(model, x[:1])
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 40  # the input model is untouched
     with torch.no_grad():
@@ -267,10 +276,32 @@ def test_fold_batchnorm_removes_every_bn_of_mobilenetv3_and_keeps_its_function(b
         assert (folded(x) - want).abs().max() <= 1e-4 * want.abs().max()
 
 
-def test_a_loaded_machine_is_warned_about_once_per_setting(bench):
+def test_a_loaded_machine_is_warned_about_once_per_setting():
     logged = []
     cpus = __import__('os').cpu_count()
     rows = [dict(setting='a', loadavg_before=cpus + 1.5), dict(setting='a', loadavg_before=cpus + 3.0),
             dict(setting='b', loadavg_before=0.1), dict(setting='c', loadavg_before=None)]
-    bench.warn_if_loaded(rows, logged.append)
+    timer.warn_if_loaded(rows, logged.append)
     assert len(logged) == 1 and f'{cpus + 3.0:.2f}' in logged[0] and '"a"' in logged[0]
+
+
+def test_the_harness_imports_no_mm_library_timm_onnxruntime_or_segment_anything():
+    """evit_mm.benchmark (and the CLI's --help) imports the heavy libraries only when a model that needs them is
+    built; `import evit_mm` does not import the harness at all."""
+    from conftest import run_python
+    heavy = {'mmengine', 'mmcv', 'mmdet', 'mmseg', 'mmagic', 'timm', 'onnxruntime', 'segment_anything'}
+    code = f"""
+import contextlib, io, json, runpy, sys
+import evit_mm
+assert 'evit_mm.benchmark' not in sys.modules
+from evit_mm.benchmark import candidates, machine, macs, options, report, runner, specs, timer
+sys.argv = ['benchmark.py', '--help']
+with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+    runpy.run_path({TOOL!r}, run_name='__main__')
+assert '--img-size' in out.getvalue()
+print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert 'evit_mm' in loaded and not loaded & heavy, loaded & heavy

@@ -334,22 +334,26 @@ def test_ddp_training_without_find_unused_parameters(tmp_path, city_data):
     assert osp.isfile(osp.join(work, 'iter_2.pth'))
 
 
-def test_benchmark_tool_smoke(tmp_path):
-    sys.path.insert(0, TOOLS)
-    try:
-        import benchmark_seg
-    finally:
-        sys.path.remove(TOOLS)
-    out = str(tmp_path / 'bench.json')
-    report = benchmark_seg.main(['--height', '64', '--width', '128', '--repeats', '1', '--warmup', '0',
-                                 '--devices', 'cpu', '--json', out])
+def test_benchmark_tool_smoke(tmp_path, capsys):
+    """tools/benchmark.py times EfficientViT-Seg-B1 against mmseg's SegFormer-B1 (what tools/benchmark_seg.py
+    did): both at the given HxW, outputs at each head's native stride, ratios against the peer."""
     import json
-    with open(out) as f:
-        saved = json.load(f)
-    assert saved['speedup'].keys() == saved['paired_speedup'].keys() == {'cpu'} and saved['speedup']['cpu'] > 0
-    models = [r['model'] for r in saved['results']]
-    assert models == ['EfficientViT-B1 (fused)', 'SegFormer-B1 (mmseg)']
-    outputs = {r['model']: r['output'] for r in saved['results']}
-    assert outputs['EfficientViT-B1 (fused)'] == [1, 19, 8, 16] and outputs['SegFormer-B1 (mmseg)'] == [1, 19, 16, 32]
-    assert report['command'].startswith('python tools/benchmark_seg.py --height 64')
-    assert '| EfficientViT-B1 (fused) | cpu | 64x128 |' in benchmark_seg.format_table(report)
+    import runpy
+    out = tmp_path / 'bench'
+    tool = runpy.run_path(osp.join(TOOLS, 'benchmark.py'))
+    assert tool['main'](['--models', 'efficientvit_seg_b1', '--peers', 'segformer', '--img-size', '64x128',
+                         '--no-onnx', '--duration', '0.05', '--repeats', '1', '--warmup', '0', '--progress', 'off',
+                         '--out-dir', str(out)]) == 0
+    saved = json.loads((out / 'benchmark.json').read_text())
+    rows = {(r['model'], r['impl'], r['mode']): r for r in saved['results']}
+    assert set(rows) == {('efficientvit_seg_b1', 'evit_mm', 'eager'), ('efficientvit_seg_b1', 'evit_mm', 'deploy'),
+                         ('segformer_b1', 'segformer', 'eager')}
+    assert all(r['input_size'] == [64, 128] and r['batch_size'] == 1 for r in rows.values())
+    assert rows[('efficientvit_seg_b1', 'evit_mm', 'deploy')]['max_abs_diff'] < 1e-4  # BN folding keeps the function
+    # logits for 19 classes at each head's native stride: EfficientViT 8, SegFormer 4
+    assert saved['models']['efficientvit_seg_b1']['output_shape'] == [19, 8, 16]
+    assert saved['models']['segformer_b1']['output_shape'] == [19, 16, 32]
+    (ratios,) = saved['ratios']
+    assert ratios['eager/segformer'] > 0 and ratios['deploy/segformer'] > 0
+    assert saved['meta']['command'].startswith('python tools/benchmark.py --models efficientvit_seg_b1')
+    assert '| efficientvit_seg_b1 | evit_mm | 1 |' in capsys.readouterr().out

@@ -67,15 +67,22 @@ def test_export_tool_checks_in_onnxruntime(tmp_path, capsys):
 
 
 def test_benchmark_tool_smoke(tmp_path, capsys):
-    bench = load_tool('sam_benchmark')
-    out = tmp_path / 'b.json'
-    assert bench.main(['--models', 'l0', 'vit_b', '--image-size', '128', '--warmup', '0', '--duration', '0',
-                       '--repeats', '1', '--threads', '1', '--json', str(out)]) == 0
-    table = capsys.readouterr().out
-    assert '| l0 | 128 |' in table and '| vit_b | 128 |' in table and 'x vit_b' in table
+    """tools/benchmark.py times an EfficientViT-SAM encoder against SAM ViT-B (what tools/sam_benchmark.py did);
+    --img-size sets the size of the peer too."""
     import json
-    res = json.loads(out.read_text())['results']
-    assert [r['model'] for r in res] == ['l0', 'vit_b'] and all(r['img_per_s'] > 0 for r in res)
-    assert res[1]['speedup'] == 1.0
-    with pytest.raises(SystemExit, match='unknown model'):
-        bench.main(['--models', 'vit_x'])
+    bench = load_tool('benchmark')
+    out = tmp_path / 'b'
+    assert bench.main(['--models', 'efficientvit_sam_l0', '--peers', 'sam_vit_b', '--img-size', '128', '--no-onnx',
+                       '--warmup', '0', '--duration', '0.01', '--repeats', '1', '--threads', '1', '--progress', 'off',
+                       '--out-dir', str(out)]) == 0
+    table = capsys.readouterr().out
+    assert '| efficientvit_sam_l0 | efficientvit_sam | 128x128 |' in table and '| sam_vit_b | efficientvit_sam' in table
+    result = json.loads((out / 'benchmark.json').read_text())
+    res = result['results']
+    assert [(r['model'], r['mode']) for r in res] == [
+        ('efficientvit_sam_l0', 'eager'), ('efficientvit_sam_l0', 'deploy'), ('sam_vit_b', 'eager')]
+    assert all(r['images_per_s'] > 0 and r['input_size'] == [128, 128] for r in res)
+    assert result['ratios'][0]['deploy/sam_vit_b'] > 0
+    with pytest.raises(SystemExit):
+        bench.main(['--peers', 'vit_x'])
+    assert 'unknown peer(s): vit_x' in capsys.readouterr().err

@@ -398,24 +398,29 @@ def test_div2k_sub_images_match_mmagics_converter(sr_data, tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_benchmark_tool_smoke(tmp_path):
-    """tools/benchmark_sr.py at a tiny size: every model runs, peers come from mmagic's configs, speed-ups are
-    computed against the paired EfficientViT-SR."""
+    """tools/benchmark.py on the SR family at a tiny size (what tools/benchmark_sr.py did): every EfficientViT-SR
+    and every peer runs, the peers come from mmagic, speed-ups are computed against each of them."""
     import json
-    sys.path.insert(0, TOOLS)
-    try:
-        import benchmark_sr
-    finally:
-        sys.path.remove(TOOLS)
-    out = str(tmp_path / 'bench.json')
-    benchmark_sr.main(['--sizes', '24x32', '--threads', '1', '--warmup', '0', '--duration', '0', '--repeats', '1',
-                       '--devices', 'cpu', '--json', out])
-    report = json.load(open(out))
-    rows = {r['model']: r for r in report['results']}
-    assert set(rows) == set(benchmark_sr.ALL_MODELS)
-    assert rows['swinir-light']['output_shape'] == rows['evit-sr-light']['output_shape'] == [1, 3, 48, 64]
-    assert rows['restormer']['output_shape'] == [1, 3, 24, 32]  # no upsampler: timed at the LR size
-    assert rows['swinir-light']['vs'] == 'evit-sr-light' and rows['restormer']['vs'] == 'evit-sr-highres'
-    assert all(r['latency_s'] > 0 for r in rows.values())
-    # the peers are mmagic's published hyper-parameters
-    assert report['models']['swinir-light']['params_m'] == pytest.approx(0.91, abs=0.01)
-    assert report['models']['restormer']['params_m'] == pytest.approx(26.1, abs=0.1)
+    import runpy
+    out = tmp_path / 'bench'
+    tool = runpy.run_path(osp.join(TOOLS, 'benchmark.py'))
+    assert tool['main'](['--models', 'efficientvit_sr', '--img-size', '24x32', '--threads', '1', '--warmup', '0',
+                         '--duration', '0.01', '--repeats', '1', '--no-onnx', '--progress', 'off',
+                         '--out-dir', str(out)]) == 0
+    report = json.loads((out / 'benchmark.json').read_text())
+    ours = ['efficientvit_sr_x2', 'efficientvit_sr_x2_w0.75', 'efficientvit_sr_highres_x2',
+            'efficientvit_sr_highres_x2_w0.75']
+    peers = {'swinir_light_x2': 'swinir', 'edsr_x2': 'edsr', 'restormer': 'restormer'}
+    assert set(report['models']) == set(ours) | set(peers)
+    assert {r['model'] for r in report['results']} == set(ours) | set(peers)
+    assert all(r['images_per_s'] > 0 and r['input_size'] == [24, 32] for r in report['results'])
+    shapes = {name: info['output_shape'] for name, info in report['models'].items()}
+    assert all(shapes[name] == [3, 48, 64] for name in ours + ['swinir_light_x2', 'edsr_x2'])
+    assert shapes['restormer'] == [3, 24, 32]  # no upsampler: timed at the LR size
+    for entry in report['ratios']:  # every EfficientViT-SR against every peer, eager and deploy
+        assert entry['model'] in ours
+        assert all(entry[f'{form}/{peer}'] > 0 for form in ('eager', 'deploy') for peer in peers.values())
+    # the mmagic peers are mmagic's published hyper-parameters
+    assert report['models']['swinir_light_x2']['params'] / 1e6 == pytest.approx(0.91, abs=0.01)
+    assert report['models']['restormer']['params'] / 1e6 == pytest.approx(26.1, abs=0.1)
+    assert report['models']['edsr_x2']['params'] / 1e6 == pytest.approx(1.37, abs=0.01)
