@@ -5,7 +5,6 @@ import glob
 import os.path as osp
 import random
 import shutil
-import sys
 import uuid
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT, run_python
+from conftest import ROOT, load_tool, run_python
 
 import evit_mm.engine  # noqa: F401  (registers the hook; the adapters import it too)
 from evit_mm.compat import apply_all
@@ -241,11 +240,7 @@ def test_train_tool_resume_with_empty_last_checkpoint(tmp_path, two_epochs, monk
     from evit_mm.engine import find_resume_checkpoint
     work = _copy_work_dir(two_epochs, tmp_path / 'work')
     (work / 'last_checkpoint').write_text('')
-    sys.path.insert(0, TOOLS)
-    try:
-        import train as train_tool
-    finally:
-        sys.path.remove(TOOLS)
+    train_tool = load_tool('train')
     config = tmp_path / 'toy.py'
     config.write_text('default_scope = "mmengine"\n')
     captured = {}
@@ -323,15 +318,21 @@ def _quickstart_runner(coins, work_dir, stop_at=None, resume=False, **loader):
 def test_resumed_quickstart_reproduces_the_uninterrupted_run(tmp_path, coins_coco):
     """RetinaNet quick start: 2 epochs straight vs 1 epoch, then a resume in a new Runner; epoch 2's losses and
     the final weights are equal bit for bit on the CPU."""
-    straight, straight_losses = _quickstart_runner(coins_coco, tmp_path / 'straight')
+    _assert_resume_reproduces(lambda *a, **kw: _quickstart_runner(coins_coco, *a, **kw), tmp_path, 'epoch_2.pth')
+
+
+def _assert_resume_reproduces(make_runner, tmp_path, last: str) -> None:
+    """4 iterations straight vs 2, then a resume in a new Runner: iterations 3-4 give the same losses, and the
+    ``last`` checkpoints the same weights, bit for bit."""
+    straight, straight_losses = make_runner(tmp_path / 'straight')
     straight.train()
-    first, _ = _quickstart_runner(coins_coco, tmp_path / 'resumed', stop_at=2)
+    first, _ = make_runner(tmp_path / 'resumed', stop_at=2)
     first.train()
-    resumed, resumed_losses = _quickstart_runner(coins_coco, tmp_path / 'resumed', resume=True)
+    resumed, resumed_losses = make_runner(tmp_path / 'resumed', resume=True)
     resumed.train()
     assert sorted(straight_losses.losses) == [1, 2, 3, 4] and sorted(resumed_losses.losses) == [3, 4]
     assert resumed_losses.losses == {i: straight_losses.losses[i] for i in (3, 4)}
-    final = [torch.load(p / 'epoch_2.pth', weights_only=False)['state_dict']
+    final = [torch.load(p / last, weights_only=False)['state_dict']
              for p in (tmp_path / 'straight', tmp_path / 'resumed')]
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
@@ -376,14 +377,4 @@ def test_resumed_segmentation_run_reproduces_the_uninterrupted_run(tmp_path):
     stream, and nothing else drew random numbers.)"""
     from evit_mm.sample_data import make_cityscapes_sample
     city = make_cityscapes_sample(str(tmp_path / 'cityscapes'), num_train=4, num_val=2, image_size=(64, 128))
-    straight, straight_losses = _segmentation_runner(city, tmp_path / 'straight')
-    straight.train()
-    first, _ = _segmentation_runner(city, tmp_path / 'resumed', stop_at=2)
-    first.train()
-    resumed, resumed_losses = _segmentation_runner(city, tmp_path / 'resumed', resume=True)
-    resumed.train()
-    assert sorted(straight_losses.losses) == [1, 2, 3, 4] and sorted(resumed_losses.losses) == [3, 4]
-    assert resumed_losses.losses == {i: straight_losses.losses[i] for i in (3, 4)}
-    final = [torch.load(p / 'iter_4.pth', weights_only=False)['state_dict']
-             for p in (tmp_path / 'straight', tmp_path / 'resumed')]
-    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+    _assert_resume_reproduces(lambda *a, **kw: _segmentation_runner(city, *a, **kw), tmp_path, 'iter_4.pth')
