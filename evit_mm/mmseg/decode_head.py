@@ -37,7 +37,7 @@ from ..models.seg_head import EfficientViTSegHead
 __all__ = ['EfficientViTSegDecodeHead']
 
 #: plain attributes of the core head that its ``forward`` / ``_select`` read
-_CORE_ATTRIBUTES = ('fid_list', 'stride_list', 'head_stride', 'n_classes', 'backbone_out_indices', 'in_index')
+_CORE_ATTRIBUTES = ('fid_list', 'stride_list', 'head_stride', 'n_classes', 'backbone_out_indices', 'in_index', 'merge')
 #: the core head's submodules (their names are the reference's state-dict keys)
 _CORE_MODULES = ('input_ops', 'middle', 'output_ops')
 

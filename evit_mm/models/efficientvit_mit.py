@@ -8,8 +8,9 @@ Layout and naming
 The module tree deliberately reproduces the reference's *state-dict key layout* (``input_stem.op_list.0.conv``,
 ``stages.3.op_list.1.context_module.main.qkv.conv`` ...), so an official checkpoint loads after stripping its
 ``backbone.`` prefix and nothing else. The Python classes themselves are our own: one ``ConvNormAct`` with an
-explicit fold-into-conv ``fuse()``, blocks that take a boolean ``fewer_norm`` instead of per-layer norm/bias
-tuples, and backbones driven by small architecture tables.
+explicit fold-into-conv ``fuse()`` (shared by every evit_mm model: :mod:`evit_mm.models.layers`), blocks that
+take a boolean ``fewer_norm`` instead of per-layer norm/bias tuples, and backbones driven by small architecture
+tables.
 
 * :class:`EfficientViTB` (B0-B3): BatchNorm + Hardswish. Key layout ``input_stem.*`` (stage 0) and
   ``stages.{0..3}.*`` (stages 1..4).
@@ -49,17 +50,15 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from functools import partial
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.checkpoint import checkpoint as _grad_checkpoint
 
 from .checkpoint import CheckpointMismatchError, load_state_dict_strict, read_checkpoint
-from .fuse import fuse_conv_bn, onednn_applies as _onednn_applies, onednn_post_op as _onednn_post_op
+from .layers import ActType, ConvNormAct, OpSequence, _autocast_enabled, build_act, fuse_conv_norm_acts
 
 __all__ = [
     # building blocks
@@ -77,85 +76,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------------------------
-
-#: Activations by the names the reference configs use. "gelu" is the tanh approximation, as in the reference.
-_ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
-    'relu': nn.ReLU,
-    'relu6': nn.ReLU6,
-    'hswish': nn.Hardswish,
-    'silu': nn.SiLU,
-    'gelu': partial(nn.GELU, approximate='tanh'),
-}
-_HAS_INPLACE = {'relu', 'relu6', 'hswish', 'silu'}
-
-ActType = Union[str, Callable[[], nn.Module], None]
-
-
-def build_act(act: ActType, inplace: bool = False) -> Optional[nn.Module]:
-    """An activation module from a name (``'hswish'``, ``'gelu'`` = tanh-GELU, ...), a module class/factory,
-    or ``None`` (no activation). ``inplace`` is honoured by the named activations that support it."""
-    if act is None:
-        return None
-    if isinstance(act, str):
-        if act not in _ACTIVATIONS:
-            raise ValueError(f'unknown activation {act!r}; known: {sorted(_ACTIVATIONS)}')
-        return _ACTIVATIONS[act](inplace=True) if inplace and act in _HAS_INPLACE else _ACTIVATIONS[act]()
-    return act()
-
-
-class ConvNormAct(nn.Module):
-    """``[Dropout2d] -> Conv2d ('same' padding) -> [BatchNorm2d] -> [activation]``.
-
-    Attribute names (``conv``, ``norm``) give the reference's keys. ``fuse()`` folds the BatchNorm into the
-    conv (eval-mode statistics) and removes it; afterwards the layer is a plain conv+bias(+act). The activation
-    runs in place where PyTorch offers it (its input is this layer's own fresh conv/BN output, which neither
-    backward needs), saving an allocation per layer.
-
-    After ``fuse()``, fp32 inference on the CPU (no autograd, no autocast, not while exporting to ONNX) runs
-    the conv and its activation as one oneDNN convolution with the activation as a post-op
-    (``torch.ops.mkldnn._convolution_pointwise``, the kernel torch.compile's CPU backend emits for conv+act):
-    one pass over the output instead of two (GELU alone was 28 % of EfficientViT-L1's time on one CPU thread,
-    all of it memory traffic). Same values to float rounding; every other case takes the plain path.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
-                 groups: int = 1, bias: bool = False, norm: bool = True, act: ActType = None,
-                 norm_eps: float = 1e-5, dropout: float = 0.0):
-        super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f'kernel_size must be odd for "same" padding, got {kernel_size}')
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else None
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
-                              groups=groups, bias=bias)
-        self.norm = nn.BatchNorm2d(out_channels, eps=norm_eps) if norm else None
-        self.act = build_act(act, inplace=True)
-
-    onednn: Optional[tuple] = None  # (attr, scalars, algorithm) of the fused oneDNN call; set by fuse()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onednn is not None and _onednn_applies(x):
-            conv = self.conv
-            attr, scalars, algorithm = self.onednn
-            return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, conv.padding, conv.stride,
-                                                           conv.dilation, conv.groups, attr, scalars, algorithm)
-        if self.dropout is not None:
-            x = self.dropout(x)
-        x = self.conv(x)
-        if self.norm is not None:
-            x = self.norm(x)
-        if self.act is not None:
-            x = self.act(x)
-        return x
-
-    @torch.no_grad()
-    def fuse(self) -> 'ConvNormAct':
-        if self.norm is not None:
-            self.conv = fuse_conv_bn(self.conv, self.norm)
-            self.norm = None
-        if self.dropout is None and self.conv.padding_mode == 'zeros' and torch.backends.mkldnn.is_available():
-            self.onednn = _onednn_post_op(self.act)
-        return self
-
 
 class DSConv(nn.Module):
     """Depthwise-separable conv: ``depth_conv`` (dw kxk, stride) -> ``point_conv`` (1x1, no act).
@@ -250,32 +170,6 @@ class Residual(nn.Module):
         return f'shortcut={self.shortcut}'
 
 
-class OpSequence(nn.Module):
-    """A sequence of modules applied in order, stored under ``op_list`` (the reference's key layout).
-
-    With ``with_cp=True`` each op is run under activation checkpointing while training.
-    """
-
-    def __init__(self, ops: Sequence[nn.Module], with_cp: bool = False):
-        super().__init__()
-        self.op_list = nn.ModuleList(ops)
-        self.with_cp = with_cp
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for op in self.op_list:
-            if self.with_cp and self.training and x.requires_grad:
-                x = _grad_checkpoint(op, x, use_reentrant=False)
-            else:
-                x = op(x)
-        return x
-
-    def __len__(self) -> int:
-        return len(self.op_list)
-
-    def __getitem__(self, idx):
-        return self.op_list[idx]
-
-
 class GroupedPointwiseConv(nn.Conv2d):
     """A grouped 1x1 convolution (an ``nn.Conv2d``, same parameters and state-dict keys) computed as one batched
     matmul over the groups.
@@ -297,15 +191,6 @@ class GroupedPointwiseConv(nn.Conv2d):
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return y
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 has no per-device query
-        return torch.is_autocast_enabled() if device_type == 'cuda' else torch.is_autocast_cpu_enabled()
-    except RuntimeError:  # a device type autocast does not know (e.g. 'meta', used to count FLOPs)
-        return False
 
 
 class LiteMLA(nn.Module):
@@ -527,9 +412,7 @@ class _MITBackbone(nn.Module):
         """Fold every BatchNorm into the conv before it (in place; uses the running statistics, so call it on a
         trained model, for inference). Returns ``self``. The state dict changes (no ``norm`` keys, conv biases
         appear), so load weights before fusing."""
-        for m in self.modules():
-            if isinstance(m, ConvNormAct):
-                m.fuse()
+        fuse_conv_norm_acts(self)
         self.fused = True
         return self
 
@@ -541,13 +424,7 @@ class _MITBackbone(nn.Module):
         A mismatch raises :class:`~evit_mm.models.checkpoint.CheckpointMismatchError` listing the keys."""
         if self.fused:
             raise RuntimeError('load weights before fuse(): a fused model has no BatchNorm keys')
-        name = source or (os.fspath(src) if isinstance(src, (str, os.PathLike)) else 'state dict')
-        sd = read_checkpoint(src)
-        if prefix is not None:
-            sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            if not sub:
-                raise KeyError(f'{name}: no key starts with {prefix!r}')
-            sd = sub
+        name, sd = read_checkpoint_part(src, prefix, source)
         try:
             backbone_sd, _ = split_mit_state_dict(sd)
         except ValueError as err:
@@ -913,6 +790,18 @@ def convert_mit_state_dict(sd: Mapping[str, Any], src_format: str = 'auto') -> '
     if fmt == 'backbone':
         return OrderedDict((f'backbone.{k}', v) for k, v in sd.items())
     return _convert_timm(sd)
+
+
+def read_checkpoint_part(src, prefix: Optional[str] = None, source: Optional[str] = None) -> tuple[str, dict]:
+    """``(name, state_dict)`` of a checkpoint path or dict: ``name`` (``source``, the path or ``'state dict'``)
+    is for messages; with ``prefix`` only the keys under it, prefix stripped (``KeyError`` if there are none)."""
+    name = source or (os.fspath(src) if isinstance(src, (str, os.PathLike)) else 'state dict')
+    sd = read_checkpoint(src)
+    if prefix is not None:
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not sd:
+            raise KeyError(f'{name}: no key starts with {prefix!r}')
+    return name, sd
 
 
 def split_mit_state_dict(sd: Mapping[str, Any], src_format: str = 'auto'

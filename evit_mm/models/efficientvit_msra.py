@@ -62,6 +62,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoint import CheckpointMismatchError, load_state_dict_strict, read_checkpoint
 from .fuse import fuse_conv_bn
+from .layers import ConvNormAct
 
 __all__ = [
     'ARCH_SETTINGS', 'EfficientViTM', 'CascadedGroupAttention', 'SandwichBlock', 'PatchMerging',
@@ -98,8 +99,9 @@ STAGE_STRIDES = (16, 32, 64)
 
 
 # ------------------------------------------------------------------------------------------------ layers
-class ConvBN(nn.Module):
-    """Bias-free conv followed by BatchNorm; ``fused()`` returns the equivalent single conv.
+class ConvBN(ConvNormAct):
+    """Bias-free conv followed by BatchNorm (Cream's ``Conv2d_BN``: keys ``conv``, ``bn``); ``fused()`` returns the
+    equivalent single conv.
 
     ``bn_weight_init`` is the initial BN scale: the reference starts the last layer of most residual branches
     (the block's DW convs, every FFN's second conv, the attention output) at 0, so that they start as the
@@ -108,14 +110,9 @@ class ConvBN(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
                  padding: int = 0, groups: int = 1, bn_weight_init: float = 1.0):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, padding=padding, norm_name='bn')
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
 
     @torch.no_grad()
     def fused(self) -> nn.Conv2d:
@@ -133,7 +130,7 @@ class ResidualDWConvBN(ConvBN):
                          bn_weight_init=bn_weight_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.bn(self.conv(x))
+        return x + super().forward(x)
 
     @torch.no_grad()
     def fused(self) -> nn.Conv2d:
@@ -539,8 +536,8 @@ class EfficientViTM(nn.Module):
 
         The attention layers also get their eval-only form (:meth:`CascadedGroupAttention.fuse_for_deploy`: a
         constant bias, the query scale folded into the q convs).  Outputs equal the eval-mode outputs of the
-        unfused model up to rounding.  The fused model is meant for inference: it has no BatchNorm left, its state dict uses the fused layout, and it cannot load
-        checkpoints any more.  Returns ``self``.
+        unfused model up to rounding.  The fused model is meant for inference: it has no BatchNorm left, its state
+        dict uses the fused layout, and it cannot load checkpoints any more.  Returns ``self``.
         """
         if self.deployed:
             return self

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import ConvNormAct
+
 __all__ = ['EfficientViTFPN']
 
 _NORMS = {'BN': ('bn', nn.BatchNorm2d), 'BN2d': ('bn', nn.BatchNorm2d), 'SyncBN': ('bn', nn.SyncBatchNorm),
@@ -72,31 +74,15 @@ def _build_act(cfg: dict) -> nn.Module:
     return _ACTS[kind](**cfg)
 
 
-class ConvNormAct(nn.Module):
-    """conv -> optional norm -> optional activation, named like mmcv's ``ConvModule``.
-
-    The conv has a bias exactly when there is no norm layer (mmcv's ``bias='auto'``).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 norm_cfg: dict | None = None, act_cfg: dict | None = None, transposed: bool = False):
-        super().__init__()
-        conv_cls = nn.ConvTranspose2d if transposed else nn.Conv2d
-        self.conv = conv_cls(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                             bias=norm_cfg is None)
-        self.norm_name = None
-        if norm_cfg is not None:
-            self.norm_name, norm = _build_norm(norm_cfg, out_channels)
-            self.add_module(self.norm_name, norm)
-        self.activate = _build_act(act_cfg) if act_cfg is not None else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.norm_name is not None:
-            x = getattr(self, self.norm_name)(x)
-        if self.activate is not None:
-            x = self.activate(x)
-        return x
+def _conv_module(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 norm_cfg: dict | None = None, act_cfg: dict | None = None, transposed: bool = False) -> ConvNormAct:
+    """conv -> optional norm -> optional activation, named like mmcv's ``ConvModule`` (``conv``, then
+    ``bn``/``gn``/``in``, then ``activate``). The conv has a bias exactly when there is no norm layer (mmcv's
+    ``bias='auto'``)."""
+    norm_name, norm = _build_norm(norm_cfg, out_channels) if norm_cfg is not None else ('norm', None)
+    act = _build_act(act_cfg) if act_cfg is not None else None
+    return ConvNormAct(in_channels, out_channels, kernel_size, stride, bias=norm is None, norm=norm, act=act,
+                       padding=padding, transposed=transposed, norm_name=norm_name, act_name='activate')
 
 
 class EfficientViTFPN(nn.Module):
@@ -174,10 +160,10 @@ class EfficientViTFPN(nn.Module):
         self.lateral_convs = nn.ModuleList()
         self.fpn_convs = nn.ModuleList()
         for i in range(start_level, self.backbone_end_level):
-            self.lateral_convs.append(ConvNormAct(in_channels[i], out_channels, 1, norm_cfg=lateral_norm,
-                                                  act_cfg=act_cfg))
-            self.fpn_convs.append(ConvNormAct(out_channels, out_channels, 3, padding=1, norm_cfg=norm_cfg,
-                                              act_cfg=act_cfg))
+            self.lateral_convs.append(_conv_module(in_channels[i], out_channels, 1, norm_cfg=lateral_norm,
+                                                   act_cfg=act_cfg))
+            self.fpn_convs.append(_conv_module(out_channels, out_channels, 3, padding=1, norm_cfg=norm_cfg,
+                                               act_cfg=act_cfg))
 
         extra_levels = num_outs - self.backbone_end_level + start_level - num_extra_trans_convs
         if extra_levels < 0:
@@ -188,16 +174,16 @@ class EfficientViTFPN(nn.Module):
             for i in range(extra_levels):
                 src = self.in_channels[self.backbone_end_level - 1] \
                     if i == 0 and self.add_extra_convs == 'on_input' else out_channels
-                self.fpn_convs.append(ConvNormAct(src, out_channels, 3, stride=2, padding=1, norm_cfg=norm_cfg,
-                                                  act_cfg=act_cfg))
+                self.fpn_convs.append(_conv_module(src, out_channels, 3, stride=2, padding=1, norm_cfg=norm_cfg,
+                                                   act_cfg=act_cfg))
 
         self.extra_trans_convs = nn.ModuleList()
         self.extra_fpn_convs = nn.ModuleList()
         for _ in range(num_extra_trans_convs):
-            self.extra_trans_convs.append(ConvNormAct(out_channels, out_channels, 2, stride=2, norm_cfg=lateral_norm,
-                                                      act_cfg=act_cfg, transposed=True))
-            self.extra_fpn_convs.append(ConvNormAct(out_channels, out_channels, 3, padding=1, norm_cfg=norm_cfg,
-                                                    act_cfg=act_cfg))
+            self.extra_trans_convs.append(_conv_module(out_channels, out_channels, 2, stride=2, norm_cfg=lateral_norm,
+                                                       act_cfg=act_cfg, transposed=True))
+            self.extra_fpn_convs.append(_conv_module(out_channels, out_channels, 3, padding=1, norm_cfg=norm_cfg,
+                                                     act_cfg=act_cfg))
         self._reset_parameters()
 
     def init_weights(self) -> None:

@@ -47,8 +47,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoint import CheckpointMismatchError, load_state_dict_strict, read_checkpoint
-from .efficientvit_mit import (ActType, ConvNormAct, EfficientViTL, FusedMBConv, MBConv, OpSequence, ResBlock,
-                               Residual, _autocast_enabled)
+from .efficientvit_mit import EfficientViTL, FusedMBConv, MBConv, ResBlock, Residual
+from .layers import ActType, ConvNormAct, DAGHead, OpSequence, Resize, stage_number
 
 __all__ = [
     'SAM_VARIANTS', 'SAM_PIXEL_MEAN', 'SAM_PIXEL_STD', 'SAM_NORM_EPS',
@@ -102,39 +102,12 @@ def set_norm_eps(model: nn.Module, eps: float = SAM_NORM_EPS) -> nn.Module:
 # Image encoder
 # --------------------------------------------------------------------------------------------------------------
 
-class ResizeTo(nn.Module):
-    """Resize to a fixed ``size`` (bicubic, ``align_corners=False``), as the reference's ``UpSampleLayer(size=...)``:
-    the identity when the input already has that size; otherwise half-precision inputs are computed (and
-    returned) in fp32 with autocast disabled."""
-
-    def __init__(self, size: Union[int, Sequence[int]] = 64, mode: str = 'bicubic', align_corners: bool = False):
-        super().__init__()
-        self.size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
-        self.mode = mode
-        self.align_corners = align_corners
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == self.size:
-            return x
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
-        if _autocast_enabled(x.device.type):
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                return F.interpolate(x, self.size, mode=self.mode, align_corners=self.align_corners)
-        return F.interpolate(x, self.size, mode=self.mode, align_corners=self.align_corners)
-
-    def extra_repr(self) -> str:
-        return f'size={self.size}, mode={self.mode!r}, align_corners={self.align_corners}'
+#: The reference's ``UpSampleLayer(size=...)``: ``ResizeTo(64)`` resizes to 64x64 (see :class:`Resize`).
+ResizeTo = Resize
 
 
-def _stage_number(fid: str) -> int:
-    if not (isinstance(fid, str) and fid.startswith('stage') and fid[5:].isdigit()):
-        raise ValueError(f'feature id {fid!r} is not of the form "stageK"')
-    return int(fid[5:])
-
-
-class SamNeck(nn.Module):
-    """The EfficientViT-SAM neck (reference ``SamNeck``).
+class SamNeck(DAGHead):
+    """The EfficientViT-SAM neck (reference ``SamNeck``, a :class:`~evit_mm.models.layers.DAGHead`).
 
     For each input in ``fid_list`` order: 1x1 conv + BN (no activation), bicubic resize to ``embed_size``; the
     branches are summed, run through ``head_depth`` residual ``middle_op`` blocks (``'fmb'`` FusedMBConv, ``'mb'``
@@ -160,24 +133,21 @@ class SamNeck(nn.Module):
     def __init__(self, fid_list: Sequence[str], in_channel_list: Sequence[int], head_width: int, head_depth: int,
                  expand_ratio: float, middle_op: str, out_dim: int = 256, embed_size: int = 64,
                  act: ActType = 'gelu', norm_eps: float = SAM_NORM_EPS):
-        super().__init__()
         if len(fid_list) != len(in_channel_list):
             raise ValueError('fid_list and in_channel_list must have the same length')
         blocks = {'fmb': FusedMBConv, 'mb': MBConv, 'res': ResBlock}
         if middle_op not in blocks:
             raise ValueError(f"middle_op must be one of {sorted(blocks)}, got {middle_op!r}")
+        input_ops = [OpSequence([ConvNormAct(cin, head_width, 1, norm_eps=norm_eps), Resize(embed_size)])
+                     for cin in in_channel_list]
+        block = blocks[middle_op]
+        middle = OpSequence([Residual(block(head_width, head_width, 1, expand_ratio, act=act, norm_eps=norm_eps))
+                             for _ in range(head_depth)])
+        super().__init__(input_ops, middle, [OpSequence([ConvNormAct(head_width, out_dim, 1, bias=True, norm=False)])])
         self.fid_list = tuple(fid_list)
-        self.stage_ids = tuple(_stage_number(f) for f in fid_list)
+        self.stage_ids = tuple(stage_number(f) for f in fid_list)
         self.embed_size = int(embed_size)
         self.out_dim = out_dim
-        self.input_ops = nn.ModuleList(
-            OpSequence([ConvNormAct(cin, head_width, 1, norm_eps=norm_eps), ResizeTo(embed_size)])
-            for cin in in_channel_list)
-        block = blocks[middle_op]
-        self.middle = OpSequence([
-            Residual(block(head_width, head_width, 1, expand_ratio, act=act, norm_eps=norm_eps))
-            for _ in range(head_depth)])
-        self.output_ops = nn.ModuleList([OpSequence([ConvNormAct(head_width, out_dim, 1, bias=True, norm=False)])])
 
     def forward(self, feats: Union[Sequence[torch.Tensor], Mapping[str, torch.Tensor]]) -> torch.Tensor:
         if isinstance(feats, Mapping):
@@ -187,17 +157,7 @@ class SamNeck(nn.Module):
         if len(feats) != len(self.input_ops):
             raise ValueError(f'SamNeck expects {len(self.input_ops)} features ({", ".join(self.fid_list)}), '
                              f'got {len(feats)}')
-        out = None
-        for x, op in zip(feats, self.input_ops):
-            y = op(x)
-            out = y if out is None else out + y
-        # Resized branches are fp32 for half inputs (as in the reference). Under autocast the next conv casts;
-        # without it, go back to the weights' dtype so that a plain bf16/fp16 model runs.
-        w = self.output_ops[0].op_list[0].conv.weight
-        if out.dtype != w.dtype and not _autocast_enabled(out.device.type):
-            out = out.to(w.dtype)
-        out = self.middle(out)
-        return self.output_ops[0](out)
+        return self.forward_dag(feats)
 
 
 class EfficientViTSamImageEncoder(nn.Module):
@@ -222,9 +182,7 @@ class EfficientViTSamImageEncoder(nn.Module):
         """Fold every BatchNorm of the backbone and the neck into the conv before it (inference only; load the
         weights first: the state dict changes). Returns ``self``."""
         self.backbone.fuse()
-        for m in self.neck.modules():
-            if isinstance(m, ConvNormAct):
-                m.fuse()
+        self.neck.fuse()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -411,10 +369,10 @@ def build_efficientvit_sam_image_encoder(variant: str = 'l0', image_size: Option
     key = normalize_variant(variant)
     cfg = SAM_VARIANTS[key]
     size = int(cfg['image_size'] if image_size is None else image_size)
-    stride = 2 ** (max(_stage_number(f) for f in cfg['fid_list']) + 1)
+    stride = 2 ** (max(stage_number(f) for f in cfg['fid_list']) + 1)
     if size <= 0 or size % stride:
         raise ValueError(f'image_size for {key} must be a positive multiple of {stride}, got {image_size}')
-    stages = tuple(_stage_number(f) for f in cfg['fid_list'])
+    stages = tuple(stage_number(f) for f in cfg['fid_list'])
     backbone = EfficientViTL(cfg['backbone'], out_indices=stages, norm_eps=norm_eps)
     neck = SamNeck(cfg['fid_list'], cfg['in_channel_list'], cfg['head_width'], cfg['head_depth'],
                    cfg['expand_ratio'], cfg['middle_op'], norm_eps=norm_eps)

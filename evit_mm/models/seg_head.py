@@ -18,59 +18,17 @@ its ``fid_list`` entry ``'stageK'`` to the position of ``K`` in ``backbone_out_i
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_state_dict_strict, read_checkpoint
-from .efficientvit_mit import (ActType, ConvNormAct, FusedMBConv, MBConv, OpSequence, Residual,
-                               _autocast_enabled, build_efficientvit_backbone, split_mit_state_dict)
+from .checkpoint import load_state_dict_strict
+from .efficientvit_mit import (FusedMBConv, MBConv, Residual, build_efficientvit_backbone, read_checkpoint_part,
+                               split_mit_state_dict)
+from .layers import ActType, ConvNormAct, DAGHead, OpSequence, Resize, stage_number
 
-__all__ = ['EfficientViTSegHead', 'EfficientViTSeg', 'BicubicUpsample', 'SEG_HEAD_CONFIGS', 'seg_head_config']
-
-
-class BicubicUpsample(nn.Module):
-    """Upsampling by an integer ``factor`` as the reference's ``UpSampleLayer``: bicubic, align_corners=False,
-    ``scale_factor=factor``, autocast disabled and half-precision inputs upcast to fp32 (the output stays fp32,
-    as in the reference). ``factor == 1`` is the identity.
-
-    ``size`` (optional, per call) forces the output size. The head passes it only when ``factor`` would not
-    reproduce the finest feature's size (inputs whose size is not a multiple of 32); the reference crashes in
-    that case, so this is a deliberate, behaviour-preserving extension.
-    """
-
-    def __init__(self, factor: int, mode: str = 'bicubic', align_corners: bool = False):
-        super().__init__()
-        self.factor = int(factor)
-        self.mode = mode
-        self.align_corners = align_corners
-
-    def forward(self, x: torch.Tensor, size: Optional[Sequence[int]] = None) -> torch.Tensor:
-        natural = (x.shape[-2] * self.factor, x.shape[-1] * self.factor)
-        if self.factor == 1 and (size is None or tuple(size) == natural):
-            return x
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
-        if size is None or tuple(size) == natural:
-            kw = dict(scale_factor=self.factor)
-        else:
-            kw = dict(size=tuple(size))
-        if _autocast_enabled(x.device.type):
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                return F.interpolate(x, mode=self.mode, align_corners=self.align_corners, **kw)
-        return F.interpolate(x, mode=self.mode, align_corners=self.align_corners, **kw)
-
-    def extra_repr(self) -> str:
-        return f'factor={self.factor}, mode={self.mode!r}, align_corners={self.align_corners}'
-
-
-def _stage_number(fid: str) -> int:
-    if not (fid.startswith('stage') and fid[5:].isdigit()):
-        raise ValueError(f'feature id {fid!r} is not of the form "stageK"')
-    return int(fid[5:])
+__all__ = ['EfficientViTSegHead', 'EfficientViTSeg', 'SEG_HEAD_CONFIGS', 'seg_head_config']
 
 
 #: The reference's seg heads (``seg.py``), by ``'<model>_<dataset>'``. Every one reads stage4/3/2 (strides
@@ -111,8 +69,8 @@ def seg_head_config(name: str, **overrides) -> dict[str, Any]:
     return cfg
 
 
-class EfficientViTSegHead(nn.Module):
-    """The EfficientViT segmentation decoder (reference ``SegHead``).
+class EfficientViTSegHead(DAGHead):
+    """The EfficientViT segmentation decoder (reference ``SegHead``, a :class:`~evit_mm.models.layers.DAGHead`).
 
     Args:
         in_channel_list: channels of each input in ``fid_list`` order.
@@ -138,24 +96,16 @@ class EfficientViTSegHead(nn.Module):
                  fid_list: Sequence[str] = ('stage4', 'stage3', 'stage2'), stride_list: Sequence[int] = (32, 16, 8),
                  head_stride: int = 8, dropout: float = 0.0, act: ActType = 'hswish', norm_eps: float = 1e-5,
                  backbone_out_indices: Sequence[int] = (1, 2, 3, 4)):
-        super().__init__()
         if not len(fid_list) == len(in_channel_list) == len(stride_list):
             raise ValueError('fid_list, in_channel_list and stride_list must have the same length')
         if any(s % head_stride for s in stride_list) or min(stride_list) < head_stride:
             raise ValueError(f'every stride in {tuple(stride_list)} must be a multiple of head_stride={head_stride}')
-        self.fid_list = tuple(fid_list)
-        self.stride_list = tuple(stride_list)
-        self.head_stride = head_stride
-        self.n_classes = n_classes
-        self.set_backbone_out_indices(backbone_out_indices)
-
         inputs = []
         for cin, stride in zip(in_channel_list, stride_list):
             conv = ConvNormAct(cin, head_width, 1, norm_eps=norm_eps)
             factor = stride // head_stride
             # the reference wraps conv + upsample in an OpSequential only when there is something to upsample
-            inputs.append(conv if factor == 1 else OpSequence([conv, BicubicUpsample(factor)]))
-        self.input_ops = nn.ModuleList(inputs)
+            inputs.append(conv if factor == 1 else OpSequence([conv, Resize(factor=factor)]))
 
         if middle_op == 'mbconv':
             def block():
@@ -165,14 +115,19 @@ class EfficientViTSegHead(nn.Module):
                 return FusedMBConv(head_width, head_width, 1, expand_ratio, act=act, norm_eps=norm_eps)
         else:
             raise ValueError(f"middle_op must be 'mbconv' or 'fmbconv', got {middle_op!r}")
-        self.middle = OpSequence([Residual(block()) for _ in range(head_depth)])
+        middle = OpSequence([Residual(block()) for _ in range(head_depth)])
 
         out_ops, width = [], head_width
         if final_expand:
             width = round(head_width * final_expand)
             out_ops.append(ConvNormAct(head_width, width, 1, act=act, norm_eps=norm_eps))
         out_ops.append(ConvNormAct(width, n_classes, 1, bias=True, norm=False, dropout=dropout))
-        self.output_ops = nn.ModuleList([OpSequence(out_ops)])
+        super().__init__(inputs, middle, [OpSequence(out_ops)])
+        self.fid_list = tuple(fid_list)
+        self.stride_list = tuple(stride_list)
+        self.head_stride = head_stride
+        self.n_classes = n_classes
+        self.set_backbone_out_indices(backbone_out_indices)
 
     @classmethod
     def from_config(cls, name: str, **overrides) -> 'EfficientViTSegHead':
@@ -182,11 +137,11 @@ class EfficientViTSegHead(nn.Module):
     def set_backbone_out_indices(self, out_indices: Sequence[int]):
         """Declare which backbone stages the feature tuple holds (see class docstring)."""
         out_indices = tuple(out_indices)
-        missing = [f for f in self.fid_list if _stage_number(f) not in out_indices]
+        missing = [f for f in self.fid_list if stage_number(f) not in out_indices]
         if missing:
             raise ValueError(f'the head reads {missing}, which backbone_out_indices={out_indices} does not provide')
         self.backbone_out_indices = out_indices
-        self.in_index = tuple(out_indices.index(_stage_number(f)) for f in self.fid_list)
+        self.in_index = tuple(out_indices.index(stage_number(f)) for f in self.fid_list)
 
     def _select(self, feats) -> list[torch.Tensor]:
         if isinstance(feats, Mapping):
@@ -205,42 +160,15 @@ class EfficientViTSegHead(nn.Module):
         finest = min(range(len(xs)), key=lambda i: self.stride_list[i])
         f = self.stride_list[finest] // self.head_stride
         target = (xs[finest].shape[-2] * f, xs[finest].shape[-1] * f)
-        out = None
-        for x, op in zip(xs, self.input_ops):
-            if isinstance(op, OpSequence):
-                conv, up = op.op_list
-                y = up(conv(x), size=target)
-            else:
-                y = op(x)
-            out = y if out is None else out + y
-        # The upsampled branches are fp32 for half inputs (as in the reference). Under autocast the next conv
-        # casts; without autocast, return to the weights' dtype so a plain bf16/fp16 model still runs.
-        w = self.output_ops[0].op_list[-1].conv.weight
-        if out.dtype != w.dtype and not _autocast_enabled(out.device.type):
-            out = out.to(w.dtype)
-        out = self.middle(out)
-        return self.output_ops[0](out)
-
-    @torch.no_grad()
-    def fuse(self) -> 'EfficientViTSegHead':
-        """Fold every BatchNorm into its conv (inference only; load weights first). Returns ``self``."""
-        for m in self.modules():
-            if isinstance(m, ConvNormAct):
-                m.fuse()
-        return self
+        return DAGHead.forward_dag(self, xs, size=target)
 
     def load_pretrained(self, src, prefix: Optional[str] = None, source: Optional[str] = None):
         """Load the head strictly from an official/evit_mm seg checkpoint (path or dict): its ``head.*`` part, or
         the keys under ``prefix`` if given. Raises :class:`~evit_mm.models.checkpoint.CheckpointMismatchError`
         with the key diff on any mismatch (e.g. a checkpoint for another dataset/model)."""
-        name = source or (os.fspath(src) if isinstance(src, (str, os.PathLike)) else 'state dict')
-        sd = read_checkpoint(src)
-        if prefix is not None:
-            head = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            if not head:
-                raise KeyError(f'{name}: no key starts with {prefix!r}')
-        else:
-            _, head = split_mit_state_dict(sd)
+        name, head = read_checkpoint_part(src, prefix, source)
+        if prefix is None:
+            _, head = split_mit_state_dict(head)
             if not head:
                 raise KeyError(f'{name} holds no head weights (no "head." keys)')
             if any(k.startswith('op_list.') for k in head):
