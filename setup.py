@@ -104,6 +104,7 @@ setup(
     long_description=(HERE / 'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
+    license_files=['LICENSE', 'NOTICE'],  # NOTICE credits Cream and mit-han-lab's EfficientViT
     python_requires='>=3.9',
     packages=find_packages(include=['evit_mm', 'evit_mm.*']),
     # The model core needs torch and numpy (safetensors: timm's checkpoint files); each adapter and tool family

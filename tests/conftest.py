@@ -1,3 +1,5 @@
+import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -15,11 +17,6 @@ torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: takes more than ~10 s on a 2-core CPU (deselect with -m "not slow")')
-    config.addinivalue_line('markers', 'gpu: needs a CUDA GPU (skipped without one)')
-
-
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
@@ -30,17 +27,107 @@ def pytest_collection_modifyitems(config, items):
 
 
 @torch.no_grad()
-def randomize_batchnorm_(model, seed: int = 0, weights: bool = False):
-    """Non-trivial eval-mode BatchNorm statistics (and, with ``weights``, scales), so that numerical comparisons
-    exercise the norms. In place; returns ``model``."""
+def randomize_(model, seed: int = 0, what: str = 'modules', bn_weights: bool = False,
+               attention_biases: bool = False):
+    """Deterministic, non-trivial values (scaled so activations stay O(1)), so that numerical comparisons exercise
+    every layer: the one randomizer of the suite (also the ``randomize`` fixture). In place; returns ``model``.
+
+    ``what`` says which tensors get values:
+
+    - ``'modules'``: BatchNorm (affine terms and running statistics), Conv2d/Linear (weights and biases) and
+      LayerNorm (affine terms);
+    - ``'state_dict'``: every floating-point state-dict entry (embeddings and tables included);
+    - ``'batchnorm'``: BatchNorm running statistics only, and its scales with ``bn_weights``.
+
+    ``attention_biases`` also fills the parameters named ``attention_biases`` (MSRA's bias tables) from a
+    generator of its own.
+    """
+    if what not in ('modules', 'state_dict', 'batchnorm'):
+        raise ValueError(f"what must be 'modules', 'state_dict' or 'batchnorm', not {what!r}")
     g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            if weights:
-                m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
+    if what == 'state_dict':
+        _randomize_state_dict_(model, g)
+    else:
+        for m in model.modules():
+            _randomize_module_(m, g, what == 'batchnorm', bn_weights)
+    if attention_biases:
+        g = torch.Generator().manual_seed(seed)
+        for name, p in model.named_parameters():
+            if 'attention_biases' in name:
+                p.copy_(torch.randn(p.shape, generator=g))
     return model
+
+
+def _randomize_module_(m, g, batchnorm_only: bool, bn_weights: bool):
+    nn = torch.nn
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        n = m.num_features
+        if batchnorm_only:
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if bn_weights:
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            return
+        m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
+        m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+        m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+        m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+        m.num_batches_tracked.zero_()
+    elif batchnorm_only:
+        return
+    elif isinstance(m, (nn.Conv2d, nn.Linear)):
+        m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.weight[0].numel()))
+        if m.bias is not None:
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+        m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+        m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+
+
+def _randomize_state_dict_(model, g):
+    for name, t in model.state_dict(keep_vars=True).items():
+        leaf = name.rsplit('.', 1)[-1]
+        if leaf == 'num_batches_tracked':
+            t.zero_()
+        elif not t.is_floating_point():
+            continue
+        elif leaf == 'running_var':
+            t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+        elif leaf == 'running_mean':
+            t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+        elif t.dim() >= 2:
+            t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel()))
+        elif leaf == 'weight':
+            t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
+        else:
+            t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+
+
+@pytest.fixture
+def randomize():
+    """:func:`randomize_`, for tests that take their helpers as fixtures."""
+    return randomize_
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` as a fresh module named ``evit_mm_tools_<name>`` (``_runner_utils``, which the tools
+    import by that name, keeps it and is loaded once). tools/ is not left on ``sys.path`` (a tool that puts it
+    there is undone): on it, ``tools/test.py`` would shadow the standard library's ``test`` package."""
+    module_name = name if name.startswith('_') else f'evit_mm_tools_{name}'
+    if name.startswith('_') and module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, os.path.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    saved_path = list(sys.path)
+    sys.modules[module_name] = module  # dataclasses (and pickle) look their module up
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    finally:
+        sys.path[:] = saved_path
+    return module
 
 
 def run_python(code: str, timeout: float = 300, cwd: str = ROOT, env=None) -> subprocess.CompletedProcess:

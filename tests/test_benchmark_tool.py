@@ -3,15 +3,13 @@ and rejects bad arguments.
 
 Not a timed test: nothing here asserts a speed relation between models.
 """
-import importlib.util
 import json
 import os.path as osp
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, load_tool
 from evit_mm.benchmark import candidates, report, specs, timer
 from evit_mm.models.bn_folding import fold_batchnorm
 from evit_mm.models.classifier import EfficientViTMClassifier, imagenet_windows
@@ -21,15 +19,7 @@ TOOL = osp.join(ROOT, 'tools', 'benchmark.py')
 
 @pytest.fixture(scope='module')
 def bench():
-    name = 'evit_mm_tools_benchmark'
-    spec = importlib.util.spec_from_file_location(name, TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(name, None)
+    return load_tool('benchmark')
 
 
 TINY = ['--img-size', '64', '--batch-size', '2', '--duration', '0.2', '--repeats', '1', '--warmup', '0',
@@ -263,8 +253,8 @@ def test_one_model_at_a_time_frees_each_group_and_merges_the_peer_windows(bench,
 def test_fold_batchnorm_removes_every_bn_of_mobilenetv3_and_keeps_its_function():
     import copy
     import timm
-    from conftest import randomize_batchnorm_
-    model = randomize_batchnorm_(timm.create_model('mobilenetv3_large_100'), 0, weights=True).eval()
+    from conftest import randomize_
+    model = randomize_(timm.create_model('mobilenetv3_large_100'), 0, 'batchnorm', bn_weights=True).eval()
     x = torch.randn(2, 3, 64, 64)
     before = copy.deepcopy(model)
     folded = fold_batchnorm(model, x[:1])

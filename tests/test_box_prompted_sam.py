@@ -1,11 +1,10 @@
 """BoxPromptedSAM: mmdet detector boxes prompt EfficientViT-SAM; masks come back in the original image frame."""
 import os.path as osp
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, load_tool
 
 CONFIG = osp.join(ROOT, 'configs', 'efficientvit_sam', 'box-prompted-sam-l0_retinanet-efficientvit-m0_coins.py')
 
@@ -110,11 +109,7 @@ def test_demo_tool_end_to_end(tmp_path, coins_coco):
         detector = MODELS.build(detector_cfg)
     checkpoint = tmp_path / 'detector.pth'
     torch.save({'state_dict': detector.state_dict()}, checkpoint)
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    try:
-        import demo_box_prompted_sam as demo
-    finally:
-        sys.path.pop(0)
+    demo = load_tool('demo_box_prompted_sam')
     out = tmp_path / 'out'
     metrics = demo.main(['--detector-checkpoint', str(checkpoint), '--data-root', coins_coco['root'],
                          '--out-dir', str(out), '--num-images', '1'])

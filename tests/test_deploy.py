@@ -7,11 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import randomize_batchnorm_, run_python
+from conftest import load_tool, randomize_, run_python
 
 import evit_mm
 from evit_mm.models import EfficientViTB, EfficientViTL, EfficientViTM, EfficientViTSeg
 from evit_mm.models.efficientvit_msra import CascadedGroupAttention
+
+# randomize_ settings: non-trivial BN statistics and scales and non-zero attention biases, so that folding is
+# exercised
+FOLDABLE = dict(what='batchnorm', bn_weights=True, attention_biases=True)
 
 
 def _photo(n, h, w):
@@ -24,17 +28,6 @@ def _photo(n, h, w):
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-@torch.no_grad()
-def _randomize(model, seed=0):
-    """Non-trivial BN statistics and scales and non-zero attention biases, so that folding is exercised."""
-    randomize_batchnorm_(model, seed, weights=True)
-    gen = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if 'attention_biases' in name:
-            p.copy_(torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 def _outputs(out):
@@ -58,7 +51,7 @@ def _assert_close_rel(got, want, rtol=1e-4):
     (lambda: EfficientViTSeg('b0_cityscapes'), (64, 128)),
 ])
 def test_deploy_keeps_outputs(factory, size):
-    model = _randomize(factory())
+    model = randomize_(factory(), **FOLDABLE).eval()
     x = _photo(2, *size)
     with torch.no_grad():
         want = model(x)
@@ -78,7 +71,7 @@ def test_deployed_mit_convs_run_their_activation_as_a_onednn_post_op(arch, act, 
     autocast or with oneDNN disabled take the plain conv -> activation path (ONNX export too:
     test_onnx_export_matches_pytorch_in_onnxruntime). Both paths give the same values."""
     import evit_mm.models.efficientvit_mit as mit
-    model = _randomize(EfficientViTL(arch) if arch.startswith('l') else EfficientViTB(arch))
+    model = randomize_(EfficientViTL(arch) if arch.startswith('l') else EfficientViTB(arch), **FOLDABLE).eval()
     deployed = evit_mm.deploy(copy.deepcopy(model))
     layers = [m for m in deployed.modules() if isinstance(m, mit.ConvNormAct)]
     assert layers and all(m.onednn is not None for m in layers)
@@ -116,7 +109,7 @@ def test_deployed_mit_convs_run_their_activation_as_a_onednn_post_op(arch, act, 
 
 
 def test_deploy_nchw_and_idempotent():
-    model = _randomize(EfficientViTM('m0'))
+    model = randomize_(EfficientViTM('m0'), **FOLDABLE).eval()
     x = _photo(1, 112, 112)
     with torch.no_grad():
         want = model(x)
@@ -132,7 +125,7 @@ def test_deploy_nchw_and_idempotent():
 
 
 def test_cga_deploy_folds_the_bias_and_the_query_scale():
-    model = _randomize(EfficientViTM('m0'))
+    model = randomize_(EfficientViTM('m0'), **FOLDABLE).eval()
     deployed = evit_mm.deploy(copy.deepcopy(model), channels_last=False)
     attn = [m for m in deployed.modules() if isinstance(m, CascadedGroupAttention)]
     assert attn and all(a.deployed and a.q_scale == 1.0 for a in attn)
@@ -155,7 +148,7 @@ def test_deploy_finds_the_backbone_inside_another_model():
         def forward(self, x):
             return self.neck(self.backbone(x)[-1])
 
-    model = _randomize(Detector())
+    model = randomize_(Detector(), **FOLDABLE).eval()
     x = _photo(1, 128, 128)
     with torch.no_grad():
         want = model(x)
@@ -187,7 +180,7 @@ def test_import_stays_light_and_deploy_is_lazy():
 def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path, name, factory, size):
     pytest.importorskip('onnxruntime')
     from evit_mm.onnx import export_onnx, ort_session
-    model = _randomize(factory())
+    model = randomize_(factory(), **FOLDABLE).eval()
     result = export_onnx(model, tmp_path / f'{name}.onnx', img_size=size, atol=1e-4)
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
     assert result.max_abs_diff_deploy <= 1e-4
@@ -206,8 +199,8 @@ def test_onnx_graph_is_simple(tmp_path):
     """No BatchNorm and no gather from the bias tables (the deploy form's bias is a constant)."""
     onnx = pytest.importorskip('onnx')
     from evit_mm.onnx import export_onnx
-    result = export_onnx(_randomize(EfficientViTM('m0', out_indices=(2,))), tmp_path / 'm0.onnx', img_size=224,
-                         check=False)
+    model = randomize_(EfficientViTM('m0', out_indices=(2,)), **FOLDABLE).eval()
+    result = export_onnx(model, tmp_path / 'm0.onnx', img_size=224, check=False)
     graph = onnx.load(result.path).graph
     ops = {n.op_type for n in graph.node}
     assert 'Conv' in ops and 'Softmax' in ops
@@ -218,7 +211,7 @@ def test_onnx_graph_is_simple(tmp_path):
 def test_onnx_check_fails_on_a_wrong_reference(tmp_path):
     pytest.importorskip('onnxruntime')
     from evit_mm.onnx import check_onnx, export_onnx
-    model = _randomize(EfficientViTM('m0', out_indices=(2,)))
+    model = randomize_(EfficientViTM('m0', out_indices=(2,)), **FOLDABLE).eval()
     result = export_onnx(model, tmp_path / 'm0.onnx', img_size=64, check=False)
     x = _photo(1, 64, 64)
     with torch.no_grad():
@@ -230,12 +223,7 @@ def test_onnx_check_fails_on_a_wrong_reference(tmp_path):
 
 def test_export_tool_writes_a_checked_graph_and_rejects_unknown_models(tmp_path, capsys):
     pytest.importorskip('onnxruntime')
-    import importlib.util
-    import os.path as osp
-    from conftest import ROOT
-    spec = importlib.util.spec_from_file_location('evit_mm_tools_export_onnx', osp.join(ROOT, 'tools', 'export_onnx.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('export_onnx')
     out = tmp_path / 'b0.onnx'
     assert tool.main(['efficientvit_b0', str(out), '--img-size', '64']) == 0
     text = capsys.readouterr().out

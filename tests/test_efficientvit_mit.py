@@ -7,13 +7,13 @@ dumps of real official checkpoints in ``shared/reference/keys``. All models have
 """
 from __future__ import annotations
 
-import importlib.util
-import math
 import os
 
 import pytest
 import torch
 from torch import nn
+
+from conftest import load_tool, randomize_
 
 from evit_mm.models.checkpoint import CheckpointMismatchError
 from evit_mm.models.efficientvit_mit import (
@@ -31,28 +31,6 @@ TOL = 1e-5
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Deterministic random weights *and* non-trivial BN statistics, scaled so activations stay O(1)."""
-    g = torch.Generator().manual_seed(seed)
-    for mod in model.modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            n = mod.num_features
-            mod.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
-            mod.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            mod.num_batches_tracked.zero_()
-        elif isinstance(mod, (nn.Conv2d, nn.Linear)):
-            mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) / math.sqrt(mod.weight[0].numel()))
-            if mod.bias is not None:
-                mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1)
-        elif isinstance(mod, nn.LayerNorm) and mod.weight is not None:
-            mod.weight.copy_(torch.rand(mod.weight.shape, generator=g) + 0.5)
-            mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1)
-    return model
-
 
 def build_on_meta_then_randomize(factory, seed=0):
     """Build a (large) oracle without paying for its default init, then fill it with our random weights."""
@@ -672,11 +650,7 @@ def test_load_pretrained_with_prefix_and_file(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location('convert_efficientvit_mit',
-                                                  os.path.join(ROOT, 'tools', 'convert_efficientvit_mit.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('convert_efficientvit_mit')
 
 
 def test_converter_cli_timm_round_trip(tmp_path, capsys):

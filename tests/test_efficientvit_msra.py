@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import copy
 import fractions
-import importlib.util
 import itertools
 import math
 import os
@@ -19,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch import nn
+
+from conftest import load_tool, randomize_
 
 from evit_mm.models.checkpoint import CheckpointMismatchError
 from evit_mm.models.efficientvit_msra import (ARCH_SETTINGS, EfficientViTM, convert_msra_state_dict,
@@ -40,26 +41,6 @@ BN = nn.modules.batchnorm._BatchNorm
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
-@torch.no_grad()
-def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial eval-mode numerics: random BN statistics and affine parameters, random bias tables."""
-    g = torch.Generator().manual_seed(seed)
-
-    def uniform(t, lo, hi):
-        t.copy_(torch.rand(t.shape, generator=g, dtype=torch.float64).to(t.dtype) * (hi - lo) + lo)
-
-    for module in model.modules():
-        if isinstance(module, BN):
-            uniform(module.running_mean, -0.5, 0.5)
-            uniform(module.running_var, 0.5, 2.0)
-            uniform(module.weight, 0.5, 1.5)
-            uniform(module.bias, -0.5, 0.5)
-    for name, param in model.named_parameters():
-        if 'attention_biases' in name:
-            param.copy_(torch.randn(param.shape, generator=g, dtype=torch.float64).to(param.dtype))
-    return model
-
-
 def stage_sizes(h: int, w: int) -> list[tuple[int, int]]:
     """Map sizes after the patch embedding (4 stride-2 convs) and the two downsamplings."""
     def down(r):
@@ -75,7 +56,7 @@ def stage_sizes(h: int, w: int) -> list[tuple[int, int]]:
 
 def timm_model(name: str, img_size: int = 224, seed: int = 0, **kwargs) -> nn.Module:
     model = timm.create_model(f'efficientvit_{name}', pretrained=False, img_size=img_size, **kwargs)
-    return randomise_(model, seed).eval()
+    return randomize_(model, seed, attention_biases=True).eval()
 
 
 def timm_windows(model) -> tuple[int, ...]:
@@ -427,7 +408,7 @@ _SMALL_MODELS: dict = {}
 
 def _small_model(windows):
     if windows not in _SMALL_MODELS:
-        _SMALL_MODELS[windows] = randomise_(efficientvit_m0(window_size=windows)).eval()
+        _SMALL_MODELS[windows] = randomize_(efficientvit_m0(window_size=windows), attention_biases=True).eval()
     return _SMALL_MODELS[windows]
 
 
@@ -452,7 +433,7 @@ def test_out_indices():
 # ----------------------------------------------------------------------------------------------------- deploy mode
 @pytest.mark.parametrize('name', ['m0', 'm4', 'm5'])
 def test_fuse_matches_unfused(name):
-    model = randomise_(EfficientViTM(name), seed=10).eval()
+    model = randomize_(EfficientViTM(name), seed=10, attention_biases=True).eval()
     x = torch.randn(2, 3, 176, 144)
     with torch.no_grad():
         # float64: the requirement (1e-5) with a wide margin (float64 rounding is ~1e-14 here)
@@ -484,7 +465,7 @@ def _with_new_biases(model, seed):
 
 
 def test_bias_cache_survives_load_state_dict():
-    model = randomise_(efficientvit_m0(), seed=11).eval()
+    model = randomize_(efficientvit_m0(), seed=11, attention_biases=True).eval()
     x = torch.randn(1, 3, 128, 96)
     with torch.no_grad():
         before = model(x)  # builds the cache
@@ -499,7 +480,7 @@ def test_bias_cache_survives_load_state_dict():
 
 
 def test_bias_cache_survives_dtype_and_device_moves():
-    model = randomise_(efficientvit_m0(), seed=13).eval()
+    model = randomize_(efficientvit_m0(), seed=13, attention_biases=True).eval()
     x = torch.randn(1, 3, 128, 96)
     with torch.no_grad():
         model(x)  # cache built in float32
@@ -512,7 +493,7 @@ def test_bias_cache_survives_dtype_and_device_moves():
 
 
 def test_bias_cache_follows_in_place_updates_and_gradients():
-    model = randomise_(efficientvit_m0(), seed=14).eval()
+    model = randomize_(efficientvit_m0(), seed=14, attention_biases=True).eval()
     x = torch.randn(1, 3, 96, 96)
     with torch.inference_mode():
         model(x)  # cache built inside inference mode
@@ -534,7 +515,7 @@ def test_bias_cache_follows_in_place_updates_and_gradients():
 
 @pytest.mark.gpu
 def test_cuda_after_eval_and_autocast():
-    model = randomise_(efficientvit_m0(), seed=16).eval()
+    model = randomize_(efficientvit_m0(), seed=16, attention_biases=True).eval()
     x = torch.randn(2, 3, 160, 128)
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # compare at float32 precision
@@ -581,7 +562,7 @@ def test_frozen_stages(frozen_stages):
 
 
 def test_norm_eval():
-    model = randomise_(efficientvit_m0(norm_eval=True))
+    model = randomize_(efficientvit_m0(norm_eval=True), attention_biases=True)
     model.train()
     bns = [m for m in model.modules() if isinstance(m, BN)]
     assert bns and not any(m.training for m in bns)
@@ -679,11 +660,7 @@ def test_neck_without_transposed_convs_equals_mmdet_fpn():
 
 # ----------------------------------------------------------------------------------------------------- CLI
 def _cli():
-    spec = importlib.util.spec_from_file_location('convert_efficientvit_msra',
-                                                  os.path.join(ROOT, 'tools', 'convert_efficientvit_msra.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('convert_efficientvit_msra')
 
 
 @needs_timm

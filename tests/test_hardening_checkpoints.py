@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT
+from conftest import ROOT, load_tool
 
 TOOLS = osp.join(ROOT, 'tools')
 SEG_CONFIG = osp.join(ROOT, 'configs', 'efficientvit_seg', 'efficientvit-b0_seg_8xb2-160k_cityscapes-1024x2048.py')
@@ -31,14 +31,6 @@ class CustomMeta:
 
     def __init__(self, value):
         self.value = value
-
-
-def _tool(name):
-    sys.path.insert(0, TOOLS)
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(TOOLS)
 
 
 def _run_tool(args, cwd, timeout=600):
@@ -92,7 +84,7 @@ def test_test_tool_refuses_an_unrelated_checkpoint(seg_setup, tmp_path):
     """An EfficientViT-M4 file given to a B0 segmentation config: before, mmengine loaded it non-strictly, evaluated
     random weights and exited 0; now the error names the file and lists the keys; --no-strict relaxes it."""
     from evit_mm.models import CheckpointMismatchError, EfficientViTM
-    test_tool = _tool('test')
+    test_tool = load_tool('test')
     unrelated = str(tmp_path / 'm4.pth')
     torch.save({'state_dict': EfficientViTM('m4').state_dict()}, unrelated)
     work = str(tmp_path / 'work')
@@ -109,11 +101,9 @@ def test_test_tool_refuses_an_unrelated_checkpoint(seg_setup, tmp_path):
 
 def test_test_tool_loads_a_matching_checkpoint_strictly(seg_setup, tmp_path):
     """The strict path loads every weight (compared with the model that wrote the checkpoint)."""
-    sys.path.insert(0, TOOLS)
-    try:
-        from _runner_utils import build_runner, load_config, use_checked_loading
-    finally:
-        sys.path.remove(TOOLS)
+    runner_utils = load_tool('_runner_utils')
+    build_runner, load_config = runner_utils.build_runner, runner_utils.load_config
+    use_checked_loading = runner_utils.use_checked_loading
     cfg = load_config(seg_setup['config'])
     cfg.work_dir = str(tmp_path / 'work')
     cfg.load_from = seg_setup['checkpoint']
@@ -127,7 +117,7 @@ def test_test_tool_loads_a_matching_checkpoint_strictly(seg_setup, tmp_path):
 
 
 def test_test_tool_refuses_a_checkpoint_missing_a_weight(seg_setup, tmp_path):
-    test_tool = _tool('test')
+    test_tool = load_tool('test')
     sd = torch.load(seg_setup['checkpoint'], weights_only=True)['state_dict']
     del sd['decode_head.output_ops.0.op_list.0.conv.weight']
     sd['decode_head.extra.weight'] = torch.zeros(1)
@@ -147,7 +137,7 @@ def _toy_runner(model, resume=False):
 
 def test_load_from_loads_strictly_and_resume_is_unchanged(tmp_path):
     """train.py's load_from goes through the same strict loader; resume keeps mmengine's own loading."""
-    runner_utils = _tool('_runner_utils')
+    runner_utils = load_tool('_runner_utils')
     calls = []
     runner = _toy_runner(nn.Linear(2, 2))
     runner.load_checkpoint = lambda filename, map_location='cpu', **kw: calls.append((filename, kw)) or {}
@@ -161,7 +151,7 @@ def test_load_from_loads_strictly_and_resume_is_unchanged(tmp_path):
     runner._resume = True
     runner.load_checkpoint(path, map_location='cpu')
     assert calls == [(path, {})]
-    train_tool = _tool('train')
+    train_tool = load_tool('train')
     assert train_tool.parse_args(['config.py']).strict and not train_tool.parse_args(['c.py', '--no-strict']).strict
 
 
@@ -213,7 +203,7 @@ def retinanet_m0():
 def test_raw_cream_detector_checkpoint_is_converted(retinanet_m0, tmp_path):
     """A Cream detector file (mmdet 2.x, backbone in Cream's layout) given to test.py / load_from."""
     from evit_mm.models.efficientvit_msra import convert_msra_state_dict
-    runner_utils = _tool('_runner_utils')
+    runner_utils = load_tool('_runner_utils')
     source = retinanet_m0(0)
     sd = source.state_dict()
     cream = {(f'backbone.{_evit_to_cream(k[9:])}' if k.startswith('backbone.') else k): v for k, v in sd.items()}
@@ -237,7 +227,7 @@ def test_raw_cream_detector_checkpoint_is_converted(retinanet_m0, tmp_path):
 
 
 def test_nonfinite_weights_refused_by_the_tools(tmp_path):
-    runner_utils = _tool('_runner_utils')
+    runner_utils = load_tool('_runner_utils')
     from evit_mm.models.checkpoint import NonFiniteWeightsError
     model = nn.Linear(2, 2)
     sd = model.state_dict()
@@ -422,7 +412,7 @@ def test_mit_checkpoint_into_msra_model_names_the_file(tmp_path):
 
 @pytest.mark.parametrize('allow_pickle', [False, True])
 def test_converter_names_an_empty_input(damaged, capsys, allow_pickle):
-    converter = _tool('convert_efficientvit_msra')
+    converter = load_tool('convert_efficientvit_msra')
     args = [damaged['empty'], damaged['empty'] + '.out'] + (['--allow-pickle'] if allow_pickle else [])
     assert converter.main(args) == 1
     err = capsys.readouterr().err

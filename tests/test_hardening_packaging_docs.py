@@ -7,12 +7,13 @@ import os.path as osp
 import re
 import subprocess
 import sys
+import tarfile
 import warnings
 import zipfile
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_tool
 
 README = osp.join(ROOT, 'README.md')
 
@@ -247,11 +248,7 @@ def test_every_sr_config_reads_its_training_patches_from_the_sample_data(sr_conf
 def test_sr_config_trains_on_the_sample_data_into_the_given_work_dir(sr_config_data, tmp_path, monkeypatch):
     """``tools/train.py CONFIG --work-dir W`` from the directory holding the sample ``data/``: it trains and
     validates, and every file goes under W (mmagic's base sends checkpoints to ./work_dirs/<basename of W>)."""
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    try:
-        import train as train_tool
-    finally:
-        sys.path.remove(osp.join(ROOT, 'tools'))
+    train_tool = load_tool('train')
     monkeypatch.chdir(sr_config_data)
     name = 'efficientvit-sr-lightweight-w1.0_x2_8xb4-500k_div2k.py'
     work = tmp_path / 'run'
@@ -415,7 +412,7 @@ def _source_copy(tmp_path):
     src = tmp_path / 'src'
     src.mkdir()
     ignore = shutil.ignore_patterns('__pycache__', '*.pyc', '.mim', '*.egg-info')
-    for name in ('setup.py', 'README.md', 'MANIFEST.in'):
+    for name in ('setup.py', 'pyproject.toml', 'README.md', 'MANIFEST.in', 'LICENSE', 'NOTICE'):
         shutil.copy(osp.join(ROOT, name), src / name)
     for name in ('evit_mm', 'configs', 'tools', 'docs'):
         shutil.copytree(osp.join(ROOT, name), src / name, ignore=ignore)
@@ -446,6 +443,9 @@ def test_sdist_and_wheel_install_configs_and_tools_where_mim_finds_them(tmp_path
         assert sorted(n[len('evit_mm/.mim/'):] for n in names if n.startswith(f'evit_mm/.mim/{top}/')) == expected
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith('METADATA'))).decode()
     assert re.search(r'Requires-Dist: segment-anything>=1\.0; extra == "mmdet"', metadata)
+    assert {'License-File: LICENSE', 'License-File: NOTICE'} <= set(metadata.splitlines())
+    assert {'LICENSE', 'NOTICE'} <= {n.rsplit('/', 1)[-1] for n in names if '.dist-info/' in n}
+    assert {'LICENSE', 'NOTICE', 'pyproject.toml'} <= {n.split('/', 1)[-1] for n in tarfile.open(sdist).getnames()}
     site = tmp_path / 'site'
     zipfile.ZipFile(wheel).extractall(site)  # what pip install --target does with a pure-Python wheel
     code = """

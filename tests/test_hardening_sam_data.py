@@ -12,6 +12,8 @@ import json
 import numpy as np
 import pytest
 
+from conftest import load_tool
+
 from evit_mm.sam.coco_masks import BadAnnotation, decode_segmentation, polygon_margin, rle_counts
 
 H, W = 64, 80  # the test image: a crop of skimage's astronaut
@@ -184,10 +186,10 @@ def test_zero_shot_counts_and_skips_bad_gt_segmentations(tmp_path, guarded_pycoc
     assert 'annotation id 3' in messages[1] and f'add up to {H * (W + 1)}' in messages[1]
     assert 'annotation id 4' in messages[2] and f'add up to {H * W + 7}' in messages[2]
 
-    out = tmp_path / 'out'
-    assert load_tool().main(['--ann-file', ann_file, '--image-dir', str(tmp_path), '--model', 'oracle', '--mode',
-                             'box', 'points', 'detector', '--det-file', dets, '--out-dir', str(out),
-                             '--no-progress']) == 0
+    out, tool = tmp_path / 'out', load_tool('eval_sam_zero_shot')
+    assert tool.main(['--ann-file', ann_file, '--image-dir', str(tmp_path), '--model', 'oracle', '--mode',
+                      'box', 'points', 'detector', '--det-file', dets, '--out-dir', str(out),
+                      '--no-progress']) == 0
     res = json.load(open(out / 'results.json'))
     assert res['images_evaluated'] == 1 and res['box']['count'] == 1 and res['box']['mIoU'] == 100
     assert res['points']['1_click']['mIoU'] == 100 and res['detector']['AP'] == pytest.approx(1.0)
@@ -199,18 +201,8 @@ def test_zero_shot_counts_and_skips_bad_gt_segmentations(tmp_path, guarded_pycoc
 # item 8: the zero-shot tool, the clicker, the oracle
 # ----------------------------------------------------------------------------------------------------------------
 
-def load_tool():
-    import importlib.util
-
-    from conftest import ROOT
-    spec = importlib.util.spec_from_file_location('eval_sam_zero_shot', f'{ROOT}/tools/eval_sam_zero_shot.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_tool_fails_when_no_image_was_evaluated(tmp_path, capsys):
-    tool = load_tool()
+    tool = load_tool('eval_sam_zero_shot')
     ann = {'image_id': 1, 'category_id': 1, 'bbox': [10, 10, 21, 11], 'area': 231, 'iscrowd': 0, 'id': 1,
            'segmentation': _encode(rect((H, W), 10, 20, 10, 30))}
     json.dump({'images': [{'id': 1, 'file_name': 'gone.png', 'height': H, 'width': W}], 'annotations': [ann],

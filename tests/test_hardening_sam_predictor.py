@@ -16,7 +16,7 @@ import torch
 from evit_mm.models.sam import build_efficientvit_sam
 from evit_mm.sam import EfficientViTSamAutomaticMaskGenerator, EfficientViTSamPredictor
 
-from conftest import randomize_batchnorm_
+from conftest import randomize_
 
 SIZE = 64
 POINTS = np.array([[20.0, 15.0], [45.0, 30.0]])
@@ -26,7 +26,7 @@ LABELS = np.array([1, 0])
 @pytest.fixture(scope='module')
 def model():
     torch.manual_seed(0)
-    return randomize_batchnorm_(build_efficientvit_sam('l0', image_size=SIZE), weights=True)
+    return randomize_(build_efficientvit_sam('l0', image_size=SIZE), what='batchnorm', bn_weights=True)
 
 
 def make_image(seed: int, shape=(48, 64)) -> np.ndarray:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_tool
 
 CONFIG_DIR = osp.join(ROOT, 'configs', 'efficientvit_m')
 RETINANET = [f'retinanet_efficientvit-m{i}_fpn_1x_coco.py' for i in range(6)]
@@ -121,11 +121,7 @@ def test_mask_rcnn_trains_and_evaluates(tmp_path, coins_coco):
 
 
 def test_train_tool_resumes(tmp_path, coins_coco):
-    sys.path.insert(0, TOOLS)
-    try:
-        import train as train_tool
-    finally:
-        sys.path.remove(TOOLS)
+    train_tool = load_tool('train')
     config = tiny_config(tmp_path, RETINANET[0], coins_coco, epochs=1)
     work = str(tmp_path / 'work')
     train_tool.main([config, '--work-dir', work])

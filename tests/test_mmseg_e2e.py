@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, load_tool
 
 CONFIG_DIR = osp.join(ROOT, 'configs', 'efficientvit_seg')
 TOOLS = osp.join(ROOT, 'tools')
@@ -88,13 +88,7 @@ def tiny_config(tmp_path, base, data, iters=2):
 
 
 def _tools():
-    sys.path.insert(0, TOOLS)
-    try:
-        import test as test_tool
-        import train as train_tool
-    finally:
-        sys.path.remove(TOOLS)
-    return train_tool, test_tool
+    return load_tool('train'), load_tool('test')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,7 +246,7 @@ def test_ade20k_reference_evaluation_matches_the_reference_procedure(tmp_path, a
     from mmseg.registry import DATASETS, MODELS
     from PIL import Image
 
-    from test_mmseg_models import randomize_
+    from conftest import randomize_
     cfg = Config.fromfile(tiny_config(tmp_path, ADE[0], ade_data))
     init_default_scope('mmseg')
     model = randomize_(MODELS.build(cfg.model), seed=3).eval()

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT
+from conftest import ROOT, randomize_
 
 CONFIG_DIR = osp.join(ROOT, 'configs', 'efficientvit_seg')
 CITY_B1 = 'efficientvit-b1_seg_8xb2-160k_cityscapes-1024x2048.py'
@@ -35,23 +35,6 @@ def build(name, **model_overrides):
         cfg.model[k] = v
     init_default_scope('mmseg')
     return MODELS.build(cfg.model)
-
-
-@torch.no_grad()
-def randomize_(model, seed=0):
-    """Random weights and BN statistics (so eval-mode outputs are not degenerate)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.25)
-            m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-        elif isinstance(m, torch.nn.Conv2d):
-            m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
-            if m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return model
 
 
 def image(*shape, seed=1):

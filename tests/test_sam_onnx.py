@@ -11,7 +11,7 @@ from evit_mm.models.sam import build_efficientvit_sam
 from evit_mm.sam import EfficientViTSamPredictor, preprocess_image
 from evit_mm.sam.onnx import check_onnx, decoder_inputs, export_decoder, export_encoder
 
-from conftest import randomize_batchnorm_
+from conftest import randomize_
 
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
@@ -21,7 +21,7 @@ skimage_data = pytest.importorskip('skimage.data')
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
     torch.manual_seed(0)
-    model = randomize_batchnorm_(build_efficientvit_sam('l0', image_size=256))
+    model = randomize_(build_efficientvit_sam('l0', image_size=256), what='batchnorm')
     d = tmp_path_factory.mktemp('onnx')
     enc = export_encoder(model, str(d / 'encoder.onnx'))
     dec = export_decoder(model, str(d / 'decoder.onnx'))
@@ -77,7 +77,7 @@ def test_decoder_graph_avoids_exporter_unfriendly_ops(exported):
 @pytest.mark.slow
 def test_xl0_encoder_export_full_resolution(tmp_path):
     torch.manual_seed(0)
-    model = randomize_batchnorm_(build_efficientvit_sam('xl0'))
+    model = randomize_(build_efficientvit_sam('xl0'), what='batchnorm')
     path = export_encoder(model, str(tmp_path / 'xl0.onnx'), dynamic_batch=False)
     x = preprocess_image(skimage_data.coffee(), 1024)
     with torch.no_grad():

@@ -16,7 +16,7 @@ from evit_mm.models.sam import build_efficientvit_sam
 from evit_mm.sam import (EfficientViTSamAutomaticMaskGenerator, EfficientViTSamPredictor, as_rgb_uint8,
                          get_preprocess_shape, preprocess_image)
 
-from conftest import randomize_batchnorm_
+from conftest import randomize_
 
 skimage_data = pytest.importorskip('skimage.data')
 
@@ -26,7 +26,7 @@ SIZE = 256
 @pytest.fixture(scope='module')
 def model():
     torch.manual_seed(0)
-    return randomize_batchnorm_(build_efficientvit_sam('l0', image_size=SIZE), weights=True)
+    return randomize_(build_efficientvit_sam('l0', image_size=SIZE), what='batchnorm', bn_weights=True)
 
 
 @pytest.fixture(scope='module')

@@ -1,23 +1,14 @@
 """tools/sam_demo.py and tools/sam_export_onnx.py, run in-process on scikit-image photographs."""
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import load_tool
 
 PIL = pytest.importorskip('PIL.Image')
 pytest.importorskip('skimage.data')
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools', f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_demo_writes_overlay_png(tmp_path, capsys):

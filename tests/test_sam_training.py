@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, load_tool
 
 CONFIGS = osp.join(ROOT, 'configs', 'efficientvit_sam')
 PHASE1_DEMO = osp.join(CONFIGS, 'efficientvit-sam-l0_phase1-distill_sa1b-demo.py')
@@ -316,15 +316,11 @@ def test_student_backbone_starts_from_a_classification_checkpoint(tmp_path):
 def test_cache_tool_is_resumable_and_matches_the_online_teacher(tmp_path, sa1b):
     """The tool writes shards, skips finished ones, and the cached embeddings give the online teacher's
     first-step loss."""
-    import importlib.util
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import DATASETS, MODELS
     import evit_mm.sam.training  # noqa: F401
-    spec = importlib.util.spec_from_file_location('sam_cache_tool', osp.join(ROOT, 'tools',
-                                                                             'sam_cache_teacher_embeddings.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('sam_cache_teacher_embeddings')
     out = str(tmp_path / 'cache')
     opts = ['--cfg-options', f'train_dataloader.dataset.data_root={sa1b["root"]}',
             'train_dataloader.dataset.indices=3']

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_python
+from conftest import ROOT, load_tool, run_python
 from evit_mm.sam.zero_shot import (MODES, Clicker, OracleSegmenter, ResultStore, ZeroShotDataset, evaluate_dataset,
                                    load_detections, miou_summary, summarize)
 from evit_mm.sam.zero_shot.evaluate import encode_mask
@@ -326,17 +326,9 @@ def test_an_interrupted_run_resumes_and_gives_the_same_result(sets, tmp_path):
         ResultStore(str(path), {'test': 2})
 
 
-def load_tool():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('eval_sam_zero_shot', TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_tool_resumes_and_writes_results(sets, tmp_path, capsys):
     import subprocess
-    tool, out = load_tool(), tmp_path / 'out'
+    tool, out = load_tool('eval_sam_zero_shot'), tmp_path / 'out'
     args = ['--ann-file', sets['coco_ann'], '--image-dir', sets['coco_img'], '--model', 'oracle', '--mode', 'box',
             'points', 'detector', '--det-file', sets['coco_det'], '--out-dir', str(out), '--no-progress']
     assert tool.main(args + ['--max-images', '1']) == 0  # in-process: "interrupted" after one image

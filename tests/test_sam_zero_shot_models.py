@@ -90,11 +90,11 @@ def test_three_modes_end_to_end(sets, adapters, name, kind, clicks, tmp_path):
 
 
 def test_tool_lvis_with_efficientvit_sam_l0(sets, tmp_path, capsys):
-    from test_sam_zero_shot import load_tool
-    out = tmp_path / 'out'
-    code = load_tool().main(['--ann-file', sets['lvis_ann'], '--image-dir', sets['lvis_img'], '--model', 'l0',
-                             '--mode', 'box', 'points', 'detector', '--clicks', '1', '3', '--det-file',
-                             sets['lvis_det'], '--out-dir', str(out), '--vis', '1', '--no-progress'])
+    from conftest import load_tool
+    out, tool = tmp_path / 'out', load_tool('eval_sam_zero_shot')
+    code = tool.main(['--ann-file', sets['lvis_ann'], '--image-dir', sets['lvis_img'], '--model', 'l0',
+                      '--mode', 'box', 'points', 'detector', '--clicks', '1', '3', '--det-file',
+                      sets['lvis_det'], '--out-dir', str(out), '--vis', '1', '--no-progress'])
     assert code == 0
     captured = capsys.readouterr()
     assert 'no --checkpoint: random weights' in captured.err

@@ -16,18 +16,7 @@ from evit_mm.models.layers import ConvNormAct, DAGHead, OpSequence, Resize
 from evit_mm.models.sam import SamNeck
 from evit_mm.models.seg_head import EfficientViTSegHead
 
-
-def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so that folding them is actually tested."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
+from conftest import randomize_
 
 
 def _fpn_inputs():
@@ -100,8 +89,8 @@ def test_conv_norm_act_arguments():
 def test_fpn_deploy_folds_batchnorm_only(norm_cfg, folded):
     """deploy() reaches the FPN's layers through the shared fuse(): BNs after plain convs are folded (same
     outputs), BNs after the transposed convs and other norms stay (folding them would be wrong)."""
-    fpn = _randomize_bn(EfficientViTFPN([32, 48, 64], 16, num_outs=5, num_extra_trans_convs=2,
-                                        norm_cfg=norm_cfg, act_cfg=dict(type='ReLU')))
+    fpn = randomize_(EfficientViTFPN([32, 48, 64], 16, num_outs=5, num_extra_trans_convs=2,
+                                     norm_cfg=norm_cfg, act_cfg=dict(type='ReLU'))).eval()
     x = _fpn_inputs()
     with torch.no_grad():
         want = fpn(x)
@@ -119,7 +108,7 @@ def test_convbn_fuse_in_place_and_fused():
     the residual depthwise one stays right either way."""
     x = torch.randn(2, 6, 5, 5)
     for layer in (ConvBN(6, 6, 3, 1, 1, groups=6), ResidualDWConvBN(6)):
-        _randomize_bn(layer)
+        randomize_(layer).eval()
         with torch.no_grad():
             want = layer(x)
             # fused() of the residual one folds the identity into the kernel's centre tap
@@ -169,7 +158,7 @@ def test_dag_head_merge(merge):
 def test_dag_head_errors_and_fuse():
     with pytest.raises(ValueError, match="'add' or 'cat'"):
         DAGHead([nn.Identity()], nn.Identity(), [nn.Identity()], merge='mul')
-    head = _randomize_bn(_tiny_dag('add'))
+    head = randomize_(_tiny_dag('add')).eval()
     with pytest.raises(ValueError, match='2 inputs, got 1'):
         head.forward_dag([torch.randn(1, 3, 6, 6)])
     x = [torch.randn(1, 3, 6, 6), torch.randn(1, 5, 3, 3)]

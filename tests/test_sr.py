@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_python
+from conftest import ROOT, load_tool, run_python
 
 CONFIG_DIR = osp.join(ROOT, 'configs', 'efficientvit_sr')
 TOOLS = osp.join(ROOT, 'tools')
@@ -188,13 +188,7 @@ def tiny_config(tmp_path, name, data_root):
 
 
 def _tools():
-    sys.path.insert(0, TOOLS)
-    try:
-        import test as test_tool
-        import train as train_tool
-    finally:
-        sys.path.remove(TOOLS)
-    return train_tool, test_tool
+    return load_tool('train'), load_tool('test')
 
 
 def test_every_config_builds_with_its_setting():

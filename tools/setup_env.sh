@@ -204,7 +204,8 @@ fi
 
 # ------------------------------------------------------------------------------- the rest, then verify
 pip_ install -q --no-deps "${CONSTRAINTS[@]}" -r "$ENVDIR/requirements-nodeps.txt"
-pip_ install -q --no-deps -e "$ROOT"
+# (pyproject.toml names the setuptools backend; the pinned setuptools above builds it, offline too)
+pip_ install -q --no-deps --no-build-isolation -e "$ROOT"
 
 check_mmcv_ops || { remove_mmcv; die "mmcv lost its ops while installing the requirements (a dependency replaced it?)."; }
 "$VPY" -c 'import cv2' 2>/dev/null || die "OpenCV (required by mmengine/mmcv) cannot load its system libraries." \

@@ -7,7 +7,8 @@ evit_mm's torch-2.14 compatibility fixes. It imports mmdet and mmengine only, ne
 Registered: ``EfficientViTM`` (M0-M5), ``EfficientViTB`` (B0-B3), ``EfficientViTL`` (L0-L3, XL0/XL1) backbones
 and the ``EfficientViTFPN`` neck. Each is the pure-PyTorch core class plus mmengine's ``init_cfg``;
 ``init_cfg=dict(type='Pretrained', checkpoint=...)`` converts official checkpoints and loads strictly.
-Also ``EfficientViTSamEncoder`` (EfficientViT-SAM's image encoder as a backbone) and ``BoxPromptedSAM``: any mmdet detector whose boxes prompt EfficientViT-SAM (instance masks, zero-shot).
+Also ``EfficientViTSamEncoder`` (EfficientViT-SAM's image encoder as a backbone) and ``BoxPromptedSAM``: any mmdet
+detector whose boxes prompt EfficientViT-SAM (instance masks, zero-shot).
 ``PyramidStrideCheckHook`` (in ``HOOKS``) and ``check_pyramid_strides`` warn when a detector's neck strides and
 its anchor/RoI strides disagree (see ``stride_check``).
 """

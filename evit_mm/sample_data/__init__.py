@@ -6,7 +6,8 @@ programmatically (see each builder's docstring and docs/sample_data.md).
 from .coins import COIN_CATEGORY, coco_cfg_options, coins_coco_paths, make_coins_coco, segment_coins
 from .segmentation import make_ade20k_sample, make_cityscapes_sample
 
-__all__ = ['make_coins_coco', 'coins_coco_paths', 'coco_cfg_options', 'segment_coins', 'COIN_CATEGORY', 'make_cityscapes_sample', 'make_ade20k_sample']
+__all__ = ['make_coins_coco', 'coins_coco_paths', 'coco_cfg_options', 'segment_coins', 'COIN_CATEGORY',
+           'make_cityscapes_sample', 'make_ade20k_sample']
 
 from .zero_shot import make_zero_shot_sets  # noqa: E402
 
