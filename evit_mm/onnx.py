@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ['export_onnx', 'check_onnx', 'ort_session', 'OnnxExport', 'DEFAULT_OPSET']
+__all__ = ['export_onnx', 'check_onnx', 'ort_session', 'torch_onnx_export', 'OnnxExport', 'DEFAULT_OPSET']
 
 #: Opset of the exports (LayerNorm, the SAM decoder's ops and every op used here exist in 17).
 DEFAULT_OPSET = 17
@@ -83,6 +83,19 @@ def _as_tuple(out) -> tuple:
     raise TypeError(f'export_onnx needs a model returning a tensor or a tuple of tensors, got {type(out).__name__}')
 
 
+def torch_onnx_export(module: nn.Module, args: tuple, path, **kwargs) -> str:
+    """``torch.onnx.export(module, args, path, do_constant_folding=True, **kwargs)`` into ``path`` (its folder
+    created), without the tracer's warnings. Returns the path. Shared by every evit_mm ONNX export."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+        warnings.filterwarnings('ignore', category=UserWarning)
+        warnings.filterwarnings('ignore', category=DeprecationWarning)
+        torch.onnx.export(module, args, path, do_constant_folding=True, **kwargs)
+    return path
+
+
 def export_onnx(model: nn.Module, path: str, img_size: Union[int, Sequence[int]] = 224, batch_size: int = 1,
                 dynamic_batch: bool = True, deploy: bool = True, check: bool = True, atol: float = 1e-4,
                 opset: int = DEFAULT_OPSET, input_name: str = 'input',
@@ -118,14 +131,8 @@ def export_onnx(model: nn.Module, path: str, img_size: Union[int, Sequence[int]]
     axes = None
     if dynamic_batch:
         axes = {input_name: {0: 'batch'}, **{n: {0: 'batch'} for n in names}}
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
-        warnings.filterwarnings('ignore', category=UserWarning)
-        warnings.filterwarnings('ignore', category=DeprecationWarning)
-        torch.onnx.export(exported, (x,), path, input_names=[input_name], output_names=names, dynamic_axes=axes,
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
+    path = torch_onnx_export(exported, (x,), path, input_names=[input_name], output_names=names, dynamic_axes=axes,
+                             opset_version=opset, dynamo=False)
     result = OnnxExport(path=path, input_shape=tuple(x.shape), output_names=names,
                         output_shapes=[tuple(r.shape) for r in reference], max_abs_diff_deploy=deploy_diff)
     if check:

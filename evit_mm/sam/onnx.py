@@ -23,8 +23,6 @@ a file in onnxruntime. Export ``evit_mm.deploy(model, channels_last=False)`` to 
 """
 from __future__ import annotations
 
-import os
-import warnings
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
@@ -34,6 +32,7 @@ from segment_anything.utils.onnx import SamOnnxModel
 from torch import nn
 
 from ..onnx import check_onnx  # noqa: F401  (shared with the backbone/seg exports; part of this module's API)
+from ..onnx import torch_onnx_export
 
 __all__ = ['SamEncoderOnnxModel', 'SamDecoderOnnxModel', 'export_encoder', 'export_decoder', 'decoder_inputs',
            'check_onnx', 'ENCODER_INPUTS', 'ENCODER_OUTPUTS', 'DECODER_INPUTS', 'DECODER_OUTPUTS']
@@ -140,16 +139,8 @@ def decoder_inputs(original_size: Sequence[int], image_embeddings=None, point_co
 
 def _export(module: nn.Module, args: tuple, path: str, input_names, output_names, dynamic_axes,
             opset: int, dynamo: bool) -> str:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
-        warnings.filterwarnings('ignore', category=UserWarning)
-        warnings.filterwarnings('ignore', category=DeprecationWarning)
-        torch.onnx.export(module, args, path, input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
-                          dynamo=dynamo, external_data=False)
-    return path
+    return torch_onnx_export(module, args, path, input_names=input_names, output_names=output_names,
+                             dynamic_axes=dynamic_axes, opset_version=opset, dynamo=dynamo, external_data=False)
 
 
 def export_encoder(model, path: str, batch_size: int = 1, dynamic_batch: bool = True, opset: int = 17,

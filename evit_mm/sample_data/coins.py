@@ -34,6 +34,21 @@ TRAIN_BACKGROUNDS = ('astronaut', 'coffee', 'rocket', 'stereo_motorcycle', 'bric
 VAL_BACKGROUNDS = ('chelsea', 'gravel', 'hubble_deep_field', 'retina')
 
 
+def _reuse(root: str, params: dict, overwrite: bool) -> bool:
+    """Whether ``root`` already holds a sample built with ``params`` (its stamp file says so) and may be reused."""
+    stamp = osp.join(root, 'evit_mm_sample.json')
+    if not overwrite and osp.isfile(stamp):
+        with open(stamp) as f:
+            return json.load(f) == params
+    return False
+
+
+def _stamp(root: str, params: dict) -> None:
+    """Record that ``root`` holds a complete sample built with ``params`` (what :func:`_reuse` reads)."""
+    with open(osp.join(root, 'evit_mm_sample.json'), 'w') as f:
+        json.dump(params, f)
+
+
 @lru_cache(maxsize=1)
 def segment_coins():
     """Segment ``skimage.data.coins()``. Returns a list of ``(crop, mask)`` pairs (uint8 HxW, bool HxW),

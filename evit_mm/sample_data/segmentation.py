@@ -44,13 +44,13 @@ Layouts (what mmseg's ``CityscapesDataset`` / ``ADE20KDataset`` read unchanged):
 """
 from __future__ import annotations
 
-import json
 import os
 import os.path as osp
 
 import numpy as np
 
-from .coins import TRAIN_BACKGROUNDS, VAL_BACKGROUNDS, _background, _iou, _resize, segment_coins
+from .coins import (TRAIN_BACKGROUNDS, VAL_BACKGROUNDS, _background, _iou, _resize, _reuse, _stamp,
+                    segment_coins)
 
 __all__ = ['SEG_CATEGORIES', 'CITYSCAPES_IDS', 'ADE20K_IDS', 'CITYSCAPES_LABEL_IDS', 'make_cityscapes_sample',
            'make_ade20k_sample', 'compose_scene', 'categorize_superpixels']
@@ -150,19 +150,6 @@ def _to_ids(categories: np.ndarray, table: dict, void: int) -> np.ndarray:
 def _split_coins():
     coins = segment_coins()
     return ([c for i, c in enumerate(coins) if i % 4 != 3], [c for i, c in enumerate(coins) if i % 4 == 3])
-
-
-def _reuse(root: str, params: dict, overwrite: bool) -> bool:
-    stamp = osp.join(root, 'evit_mm_sample.json')
-    if not overwrite and osp.isfile(stamp):
-        with open(stamp) as f:
-            return json.load(f) == params
-    return False
-
-
-def _stamp(root: str, params: dict) -> None:
-    with open(osp.join(root, 'evit_mm_sample.json'), 'w') as f:
-        json.dump(params, f)
 
 
 def _check_counts(num_train, num_val):

@@ -33,12 +33,13 @@ mmagic is imported lazily (only its resize); building a dataset needs it, import
 """
 from __future__ import annotations
 
-import json
 import os
 import os.path as osp
 from typing import Sequence
 
 import numpy as np
+
+from .coins import _reuse, _stamp
 
 __all__ = ['TRAIN_PHOTOS', 'HELD_OUT_PHOTOS', 'load_photo', 'matlab_resize', 'hr_crops', 'make_div2k_sample',
            'make_sr_testset', 'make_ffhq_sample', 'make_sr_config_data', 'extract_subimages', 'downsample_folder']
@@ -159,19 +160,6 @@ def extract_subimages(src_dir: str, dst_dir: str, crop_size: int, step: int, thr
                 _imwrite(osp.join(dst_dir, name), img[y:y + crop_size, x:x + crop_size])
                 written.append(name)
     return written
-
-
-def _reuse(root: str, params: dict, overwrite: bool) -> bool:
-    stamp = osp.join(root, 'evit_mm_sample.json')
-    if not overwrite and osp.isfile(stamp):
-        with open(stamp) as f:
-            return json.load(f) == params
-    return False
-
-
-def _stamp(root: str, params: dict) -> None:
-    with open(osp.join(root, 'evit_mm_sample.json'), 'w') as f:
-        json.dump(params, f)
 
 
 def _check_size(size: Sequence[int], multiple: int, what: str) -> tuple[int, int]:
