@@ -37,7 +37,7 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from ..models.efficientvit_mit import _autocast_enabled
+from ..models.layers import _autocast_enabled
 from .transforms import EfficientViTSamTransform, as_rgb_uint8, get_preprocess_shape, resize_longest_side
 
 __all__ = ['EfficientViTSamPredictor', 'VALID_POINT_LABELS']
