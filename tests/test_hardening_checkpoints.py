@@ -101,9 +101,9 @@ def test_test_tool_refuses_an_unrelated_checkpoint(seg_setup, tmp_path):
 
 def test_test_tool_loads_a_matching_checkpoint_strictly(seg_setup, tmp_path):
     """The strict path loads every weight (compared with the model that wrote the checkpoint)."""
+    from evit_mm.runner_loading import use_checked_loading
     runner_utils = load_tool('_runner_utils')
     build_runner, load_config = runner_utils.build_runner, runner_utils.load_config
-    use_checked_loading = runner_utils.use_checked_loading
     cfg = load_config(seg_setup['config'])
     cfg.work_dir = str(tmp_path / 'work')
     cfg.load_from = seg_setup['checkpoint']
@@ -137,11 +137,11 @@ def _toy_runner(model, resume=False):
 
 def test_load_from_loads_strictly_and_resume_is_unchanged(tmp_path):
     """train.py's load_from goes through the same strict loader; resume keeps mmengine's own loading."""
-    runner_utils = load_tool('_runner_utils')
+    from evit_mm.runner_loading import use_checked_loading
     calls = []
     runner = _toy_runner(nn.Linear(2, 2))
     runner.load_checkpoint = lambda filename, map_location='cpu', **kw: calls.append((filename, kw)) or {}
-    runner_utils.use_checked_loading(runner)
+    use_checked_loading(runner)
     path = str(tmp_path / 'other.pth')
     torch.save({'state_dict': {'weight': torch.ones(3, 3)}}, path)
     from evit_mm.models import CheckpointMismatchError
@@ -203,7 +203,7 @@ def retinanet_m0():
 def test_raw_cream_detector_checkpoint_is_converted(retinanet_m0, tmp_path):
     """A Cream detector file (mmdet 2.x, backbone in Cream's layout) given to test.py / load_from."""
     from evit_mm.models.efficientvit_msra import convert_msra_state_dict
-    runner_utils = load_tool('_runner_utils')
+    from evit_mm.runner_loading import load_checkpoint_checked
     source = retinanet_m0(0)
     sd = source.state_dict()
     cream = {(f'backbone.{_evit_to_cream(k[9:])}' if k.startswith('backbone.') else k): v for k, v in sd.items()}
@@ -216,29 +216,106 @@ def test_raw_cream_detector_checkpoint_is_converted(retinanet_m0, tmp_path):
     target = retinanet_m0(1)
     assert not torch.equal(target.state_dict()['backbone.patch_embed.0.conv.weight'],
                            sd['backbone.patch_embed.0.conv.weight'])
-    runner_utils.load_checkpoint_checked(_toy_runner(target), path)
+    load_checkpoint_checked(_toy_runner(target), path)
     got = target.state_dict()
     assert all(torch.equal(got[k], sd[k]) for k in sd)
     # a model whose backbone is not an EfficientViTM: refused, with the converter command
     other = nn.Module()
     other.backbone = nn.Linear(2, 2)
     with pytest.raises(SystemExit, match=re.escape(f'python tools/convert_efficientvit_msra.py {path} ')):
-        runner_utils.load_checkpoint_checked(_toy_runner(other), path)
+        load_checkpoint_checked(_toy_runner(other), path)
 
 
 def test_nonfinite_weights_refused_by_the_tools(tmp_path):
-    runner_utils = load_tool('_runner_utils')
     from evit_mm.models.checkpoint import NonFiniteWeightsError
+    from evit_mm.runner_loading import load_checkpoint_checked
     model = nn.Linear(2, 2)
     sd = model.state_dict()
     sd['weight'] = torch.tensor([[1.0, float('nan')], [0.0, 1.0]])
     path = str(tmp_path / 'nan.pth')
     torch.save({'state_dict': sd}, path)
     with pytest.raises(NonFiniteWeightsError, match=re.escape(path)) as err:
-        runner_utils.load_checkpoint_checked(_toy_runner(model), path)
+        load_checkpoint_checked(_toy_runner(model), path)
     assert err.value.keys == ['weight'] and 'NaN' in str(err.value)
-    runner_utils.load_checkpoint_checked(_toy_runner(model), path, allow_nonfinite=True)
+    load_checkpoint_checked(_toy_runner(model), path, allow_nonfinite=True)
     assert torch.isnan(model.weight).any()
+
+
+def _toy_mmengine_model():
+    from mmengine.model import BaseModel
+
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 2)
+            self.norm = nn.BatchNorm1d(2)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            return self.norm(self.linear(inputs))
+    return Toy()
+
+
+def test_use_checked_loading_from_the_package_on_a_runner(tmp_path):
+    """One's own script: a plain mmengine Runner, made strict with ``evit_mm.runner_loading`` (no tools/)."""
+    from mmengine.runner import Runner
+
+    from evit_mm.models import CheckpointMismatchError
+    from evit_mm.runner_loading import use_checked_loading
+
+    def runner_loading(checkpoint, name, **kwargs):
+        path = str(tmp_path / name)
+        torch.save(checkpoint, path)
+        runner = Runner(model=_toy_mmengine_model(), work_dir=str(tmp_path / 'work'), load_from=path)
+        use_checked_loading(runner, **kwargs)
+        runner.load_or_resume()
+        return runner, path
+
+    source = _toy_mmengine_model()
+    for p in source.parameters():
+        nn.init.normal_(p)
+    # DataParallel's module. prefix is removed; every tensor is loaded (BN counters included)
+    wrapped = {f'module.{k}': v for k, v in source.state_dict().items()}
+    runner, _ = runner_loading({'state_dict': wrapped, 'meta': {}}, 'wrapped.pth')
+    got = runner.model.state_dict()
+    assert set(got) == set(source.state_dict())
+    assert all(torch.equal(got[k], v) for k, v in source.state_dict().items())
+    # another model's checkpoint is refused, naming the file and the keys; strict=False loads what matches
+    other = dict(source.state_dict(), **{'head.weight': torch.ones(1)})
+    del other['norm.weight']
+    with pytest.raises(CheckpointMismatchError, match='norm.weight') as err:
+        runner_loading({'state_dict': other}, 'other.pth')
+    assert 'head.weight' in str(err.value) and str(tmp_path / 'other.pth') in str(err.value)
+    assert err.value.missing == ['norm.weight'] and err.value.unexpected == ['head.weight']
+    runner, _ = runner_loading({'state_dict': other}, 'other.pth', strict=False)
+    assert torch.equal(runner.model.state_dict()['linear.weight'], source.linear.weight.detach())
+
+
+def test_model_state_dict_strips_module_and_keeps_the_bn_metadata():
+    from evit_mm.runner_loading import model_state_dict
+    found = torch.nn.DataParallel(nn.Sequential(nn.BatchNorm1d(2))).state_dict()
+    state_dict = model_state_dict({'state_dict': found}, 'dp.pth')
+    assert list(state_dict) == [k[len('module.'):] for k in found]
+    assert state_dict._metadata['0'] == found._metadata['module.0']
+    assert model_state_dict({'model': {'w': torch.ones(1)}}, 'plain.pth')._metadata == {}
+    # two keys that become one, or no checkpoint dict at all: a message naming the file
+    with pytest.raises(SystemExit, match=r'clash\.pth.*module\.w'):
+        model_state_dict({'state_dict': {'module.w': torch.ones(1), 'w': torch.zeros(1)}}, 'clash.pth')
+    with pytest.raises(SystemExit, match=r'list\.pth holds a list'):
+        model_state_dict([], 'list.pth')
+
+
+def test_runner_loading_needs_no_downstream_library_and_models_do_not_import_it():
+    """evit_mm.runner_loading imports mmengine and evit_mm.models only; evit_mm.models stays free of it."""
+    import ast
+    tree = ast.parse(open(osp.join(ROOT, 'evit_mm', 'runner_loading.py')).read())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    roots = {name.split('.')[0] for name in imported}
+    assert roots <= {'__future__', 'os', 'collections', 'mmengine', 'evit_mm'}, roots
+    assert {name for name in imported if name.startswith('evit_mm')} <= {
+        'evit_mm.models', 'evit_mm.models.checkpoint', 'evit_mm.models.efficientvit_msra'}
+    for path in glob.glob(osp.join(ROOT, 'evit_mm', 'models', '**', '*.py'), recursive=True):
+        assert 'runner_loading' not in open(path).read(), path
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ import argparse
 import os.path as osp
 import sys
 
+from evit_mm.runner_loading import use_checked_loading
+
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _runner_utils import (add_common_args, add_load_args, build_runner, default_work_dir,  # noqa: E402
-                           export_local_rank, load_config, set_launcher, use_checked_loading)
+                           export_local_rank, load_config, set_launcher)
 
 
 def parse_args(argv=None):
