@@ -109,22 +109,23 @@ def _compose(rng, background: np.ndarray, coins, size: int, max_coins: int):
     side = int(rng.uniform(0.5, 1.0) * min(h, w))
     y0, x0 = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
     canvas = _resize(background[y0:y0 + side, x0:x0 + side], (size, size), order=1).copy()
-    owner = np.zeros((size, size), np.int32)  # which pasted coin each pixel shows (0: background)
+    return canvas, _paste_coins(rng, canvas, coins, max_coins)
+
+
+def _paste_coins(rng, canvas: np.ndarray, coins, max_coins: int) -> list[np.ndarray]:
+    """Paste 2 to ``max_coins`` of ``coins`` onto ``canvas`` (HxWx3, in place) at random scales (0.6x-1.4x of
+    ``min(H, W) / 320``), 90-degree rotations, flips and positions, overlapping earlier coins by a box IoU below
+    0.1. Returns the visible mask of each pasted coin, in pasting order (later coins hide earlier ones)."""
+    h, w = canvas.shape[:2]
+    owner = np.zeros((h, w), np.int32)  # which pasted coin each pixel shows (0: background)
     boxes = []
     for _ in range(int(rng.integers(2, max_coins + 1))):
-        crop, mask = coins[int(rng.integers(len(coins)))]
-        scale = rng.uniform(0.6, 1.4) * size / 320
-        ch, cw = max(8, round(crop.shape[0] * scale)), max(8, round(crop.shape[1] * scale))
-        crop, mask = _resize(crop, (ch, cw), order=1), _resize(mask, (ch, cw), order=0)
-        k = int(rng.integers(4))
-        crop, mask = np.rot90(crop, k), np.rot90(mask, k)
-        if rng.random() < 0.5:
-            crop, mask = crop[:, ::-1], mask[:, ::-1]
+        crop, mask = _transform_coin(rng, *coins[int(rng.integers(len(coins)))], min(h, w))
         ch, cw = crop.shape
-        if ch >= size or cw >= size:
+        if ch >= h or cw >= w:
             continue
         for _attempt in range(20):  # place with at most a slight overlap with earlier coins
-            top, left = int(rng.integers(0, size - ch)), int(rng.integers(0, size - cw))
+            top, left = int(rng.integers(0, h - ch)), int(rng.integers(0, w - cw))
             box = (left, top, left + cw, top + ch)
             if all(_iou(box, b) < 0.1 for b in boxes):
                 break
@@ -134,7 +135,21 @@ def _compose(rng, background: np.ndarray, coins, size: int, max_coins: int):
         region = canvas[top:top + ch, left:left + cw]
         region[mask] = crop[mask][:, None]
         owner[top:top + ch, left:left + cw][mask] = len(boxes)
-    return canvas, [owner == i for i in range(1, len(boxes) + 1)]
+    return [owner == i for i in range(1, len(boxes) + 1)]
+
+
+def _transform_coin(rng, crop: np.ndarray, mask: np.ndarray, short_side: int):
+    """A coin's crop and mask for a canvas whose short side is ``short_side``: resized by a random 0.6x-1.4x of
+    ``short_side / 320`` (at least 8 px a side), rotated by a random multiple of 90 degrees, flipped with
+    probability 0.5."""
+    scale = rng.uniform(0.6, 1.4) * short_side / 320
+    ch, cw = max(8, round(crop.shape[0] * scale)), max(8, round(crop.shape[1] * scale))
+    crop, mask = _resize(crop, (ch, cw), order=1), _resize(mask, (ch, cw), order=0)
+    k = int(rng.integers(4))
+    crop, mask = np.rot90(crop, k), np.rot90(mask, k)
+    if rng.random() < 0.5:
+        crop, mask = crop[:, ::-1], mask[:, ::-1]
+    return crop, mask
 
 
 def _iou(a, b) -> float:

@@ -49,7 +49,7 @@ import os.path as osp
 
 import numpy as np
 
-from .coins import (TRAIN_BACKGROUNDS, VAL_BACKGROUNDS, _background, _iou, _resize, _reuse, _stamp,
+from .coins import (TRAIN_BACKGROUNDS, VAL_BACKGROUNDS, _background, _paste_coins, _resize, _reuse, _stamp,
                     segment_coins)
 
 __all__ = ['SEG_CATEGORIES', 'CITYSCAPES_IDS', 'ADE20K_IDS', 'CITYSCAPES_LABEL_IDS', 'make_cityscapes_sample',
@@ -111,35 +111,13 @@ def compose_scene(rng: np.random.Generator, background: np.ndarray, coins, size:
                     channel_axis=-1)
     categories = categorize_superpixels(canvas, segments)
 
-    owner = np.zeros((h, w), np.int32)
-    boxes = []
-    for _ in range(int(rng.integers(2, max_coins + 1))):
-        crop, mask = coins[int(rng.integers(len(coins)))]
-        scale = rng.uniform(0.6, 1.4) * min(h, w) / 320
-        sh, sw = max(8, round(crop.shape[0] * scale)), max(8, round(crop.shape[1] * scale))
-        crop, mask = _resize(crop, (sh, sw), order=1), _resize(mask, (sh, sw), order=0)
-        k = int(rng.integers(4))
-        crop, mask = np.rot90(crop, k), np.rot90(mask, k)
-        if rng.random() < 0.5:
-            crop, mask = crop[:, ::-1], mask[:, ::-1]
-        sh, sw = crop.shape
-        if sh >= h or sw >= w:
-            continue
-        for _attempt in range(20):
-            top, left = int(rng.integers(0, h - sh)), int(rng.integers(0, w - sw))
-            box = (left, top, left + sw, top + sh)
-            if all(_iou(box, b) < 0.1 for b in boxes):
-                break
-        else:
-            continue
-        boxes.append(box)
-        region = canvas[top:top + sh, left:left + sw]
-        region[mask] = crop[mask][:, None]
-        owner[top:top + sh, left:left + sw][mask] = len(boxes)
-    coin = owner > 0
+    masks = _paste_coins(rng, canvas, coins, max_coins)
+    coin = np.zeros((h, w), bool)
+    for mask in masks:
+        coin |= mask
     categories[coin] = SEG_CATEGORIES.index('coin')
     categories[ndi.binary_dilation(coin) & ~coin] = -1  # unlabelled ring around objects
-    return canvas, categories, [owner == i for i in range(1, len(boxes) + 1)]
+    return canvas, categories, masks
 
 
 def _to_ids(categories: np.ndarray, table: dict, void: int) -> np.ndarray:
@@ -157,6 +135,32 @@ def _check_counts(num_train, num_val):
         raise ValueError('num_train and num_val must be >= 1')
 
 
+def _layout(root: str, num_classes: int, image_dir: str, ann_dir: str, folders) -> dict:
+    """The paths a builder returns: ``root``, ``num_classes`` and ``{train,val}_img`` / ``{train,val}_ann``
+    (``root/<image_dir>/<folder>`` and ``root/<ann_dir>/<folder>``, one folder per split)."""
+    paths = {'root': root, 'num_classes': num_classes}
+    for split, folder in zip(('train', 'val'), folders):
+        paths[f'{split}_img'] = osp.join(root, image_dir, folder)
+        paths[f'{split}_ann'] = osp.join(root, ann_dir, folder)
+    return paths
+
+
+def _build(root: str, params: dict, paths: dict, overwrite: bool, write_split) -> dict:
+    """Write both splits of a dataset under ``root`` and stamp it, unless it was already built with ``params``
+    (which hold ``num_train``, ``num_val`` and ``seed``). ``write_split(rng, split, count, backgrounds, coins)``
+    writes one split: ``count`` images of the scenes ``backgrounds`` (name -> photograph, in the split's scene
+    order) with ``coins`` pasted, drawing from the one generator ``rng`` of both splits. Returns ``paths``."""
+    if _reuse(root, params, overwrite):
+        return paths
+    train_coins, val_coins = _split_coins()
+    rng = np.random.default_rng(params['seed'])
+    for split, count, scenes, coins in (('train', params['num_train'], TRAIN_BACKGROUNDS, train_coins),
+                                        ('val', params['num_val'], VAL_BACKGROUNDS, val_coins)):
+        write_split(rng, split, count, {name: _background(name) for name in scenes}, coins)
+    _stamp(root, params)
+    return paths
+
+
 def make_cityscapes_sample(root: str, num_train: int = 8, num_val: int = 4, image_size=(128, 256), seed: int = 0,
                            max_coins: int = 5, overwrite: bool = False) -> dict:
     """Build a tiny Cityscapes (``leftImg8bit/`` + ``gtFine/``, see the module docstring) under ``root``.
@@ -165,44 +169,41 @@ def make_cityscapes_sample(root: str, num_train: int = 8, num_val: int = 4, imag
     dataset built with the same arguments is reused unless ``overwrite``. Returns the paths: ``root``,
     ``{train,val}_img`` / ``{train,val}_ann`` (split folders) and ``num_classes`` (19).
     """
-    from PIL import Image
     _check_counts(num_train, num_val)
     h, w = (int(image_size), 2 * int(image_size)) if np.isscalar(image_size) else map(int, image_size)
     if min(h, w) < 64:
         raise ValueError(f'image_size must be at least 64 px on each side, got {(h, w)}')
     params = dict(kind='cityscapes', num_train=num_train, num_val=num_val, image_size=[h, w], seed=seed,
                   max_coins=max_coins)
-    paths = {'root': root, 'num_classes': 19}
-    for split in ('train', 'val'):
-        paths[f'{split}_img'] = osp.join(root, 'leftImg8bit', split)
-        paths[f'{split}_ann'] = osp.join(root, 'gtFine', split)
-    if _reuse(root, params, overwrite):
-        return paths
-    train_coins, val_coins = _split_coins()
-    rng = np.random.default_rng(seed)
+    paths = _layout(root, 19, 'leftImg8bit', 'gtFine', ('train', 'val'))
+
+    def write_split(rng, split, count, backgrounds, coins):
+        _write_cityscapes_split(rng, paths, split, count, backgrounds, coins, (h, w), max_coins)
+    return _build(root, params, paths, overwrite, write_split)
+
+
+def _write_cityscapes_split(rng, paths: dict, split: str, count: int, backgrounds: dict, coins, size, max_coins):
+    """One split of :func:`make_cityscapes_sample`: images, both label maps and ``<split>.txt``."""
+    from PIL import Image
     label_ids = np.zeros(256, np.uint8)
     label_ids[:len(CITYSCAPES_LABEL_IDS)] = CITYSCAPES_LABEL_IDS
-    for split, count, scenes, coins in (('train', num_train, TRAIN_BACKGROUNDS, train_coins),
-                                        ('val', num_val, VAL_BACKGROUNDS, val_coins)):
-        backgrounds = {name: _background(name) for name in scenes}
-        names = []
-        for i in range(count):
-            city = scenes[i % len(scenes)]
-            image, categories, _ = compose_scene(rng, backgrounds[city], coins, (h, w), max_coins)
-            train_ids = _to_ids(categories, CITYSCAPES_IDS, 255)
-            stem = f'{city}_{i // len(scenes):06d}_000019'
-            img_dir = osp.join(paths[f'{split}_img'], city)
-            ann_dir = osp.join(paths[f'{split}_ann'], city)
-            os.makedirs(img_dir, exist_ok=True)
-            os.makedirs(ann_dir, exist_ok=True)
-            Image.fromarray(image).save(osp.join(img_dir, f'{stem}_leftImg8bit.png'))
-            Image.fromarray(train_ids).save(osp.join(ann_dir, f'{stem}_gtFine_labelTrainIds.png'))
-            Image.fromarray(label_ids[train_ids]).save(osp.join(ann_dir, f'{stem}_gtFine_labelIds.png'))
-            names.append(f'{city}/{stem}')
-        with open(osp.join(root, f'{split}.txt'), 'w') as f:
-            f.writelines(n + '\n' for n in sorted(names))
-    _stamp(root, params)
-    return paths
+    scenes = list(backgrounds)
+    names = []
+    for i in range(count):
+        city = scenes[i % len(scenes)]
+        image, categories, _ = compose_scene(rng, backgrounds[city], coins, size, max_coins)
+        train_ids = _to_ids(categories, CITYSCAPES_IDS, 255)
+        stem = f'{city}_{i // len(scenes):06d}_000019'
+        img_dir = osp.join(paths[f'{split}_img'], city)
+        ann_dir = osp.join(paths[f'{split}_ann'], city)
+        os.makedirs(img_dir, exist_ok=True)
+        os.makedirs(ann_dir, exist_ok=True)
+        Image.fromarray(image).save(osp.join(img_dir, f'{stem}_leftImg8bit.png'))
+        Image.fromarray(train_ids).save(osp.join(ann_dir, f'{stem}_gtFine_labelTrainIds.png'))
+        Image.fromarray(label_ids[train_ids]).save(osp.join(ann_dir, f'{stem}_gtFine_labelIds.png'))
+        names.append(f'{city}/{stem}')
+    with open(osp.join(paths['root'], f'{split}.txt'), 'w') as f:
+        f.writelines(n + '\n' for n in sorted(names))
 
 
 def make_ade20k_sample(root: str, num_train: int = 8, num_val: int = 4, image_size: int = 128, seed: int = 0,
@@ -214,34 +215,31 @@ def make_ade20k_sample(root: str, num_train: int = 8, num_val: int = 4, image_si
     aspect ratio from 1:1, 4:3, 3:4, 3:2, 2:3. Deterministic for a seed; reused unless ``overwrite``. Returns
     ``root``, ``{train,val}_img`` / ``{train,val}_ann`` and ``num_classes`` (150).
     """
-    from PIL import Image
     _check_counts(num_train, num_val)
     if image_size < 64:
         raise ValueError(f'image_size must be >= 64, got {image_size}')
     params = dict(kind='ade20k', num_train=num_train, num_val=num_val, image_size=int(image_size), seed=seed,
                   max_coins=max_coins)
-    paths = {'root': root, 'num_classes': 150}
-    for split, folder in (('train', 'training'), ('val', 'validation')):
-        paths[f'{split}_img'] = osp.join(root, 'images', folder)
-        paths[f'{split}_ann'] = osp.join(root, 'annotations', folder)
-    if _reuse(root, params, overwrite):
-        return paths
-    train_coins, val_coins = _split_coins()
-    rng = np.random.default_rng(seed)
-    for split, tag, count, scenes, coins in (('train', 'train', num_train, TRAIN_BACKGROUNDS, train_coins),
-                                             ('val', 'val', num_val, VAL_BACKGROUNDS, val_coins)):
-        backgrounds = {name: _background(name) for name in scenes}
-        os.makedirs(paths[f'{split}_img'], exist_ok=True)
-        os.makedirs(paths[f'{split}_ann'], exist_ok=True)
-        for i in range(count):
-            short = int(round(image_size * rng.uniform(0.8, 1.25)))
-            aspect = _ADE_ASPECTS[int(rng.integers(len(_ADE_ASPECTS)))]
-            size = (short, int(round(short * aspect))) if aspect >= 1 else (int(round(short / aspect)), short)
-            scene = backgrounds[scenes[i % len(scenes)]]
-            image, categories, _ = compose_scene(rng, scene, coins, size, max_coins)
-            labels = _to_ids(categories, ADE20K_IDS, 0)
-            stem = f'ADE_{tag}_{i + 1:08d}'
-            Image.fromarray(image).save(osp.join(paths[f'{split}_img'], stem + '.jpg'), quality=95)
-            Image.fromarray(labels).save(osp.join(paths[f'{split}_ann'], stem + '.png'))
-    _stamp(root, params)
-    return paths
+    paths = _layout(root, 150, 'images', 'annotations', ('training', 'validation'))
+
+    def write_split(rng, split, count, backgrounds, coins):
+        _write_ade20k_split(rng, paths, split, count, backgrounds, coins, image_size, max_coins)
+    return _build(root, params, paths, overwrite, write_split)
+
+
+def _write_ade20k_split(rng, paths: dict, split: str, count: int, backgrounds: dict, coins, image_size: int,
+                        max_coins: int):
+    """One split of :func:`make_ade20k_sample`: ``ADE_<split>_%08d.jpg`` images and their ``.png`` labels."""
+    from PIL import Image
+    scenes = list(backgrounds)
+    os.makedirs(paths[f'{split}_img'], exist_ok=True)
+    os.makedirs(paths[f'{split}_ann'], exist_ok=True)
+    for i in range(count):
+        short = int(round(image_size * rng.uniform(0.8, 1.25)))
+        aspect = _ADE_ASPECTS[int(rng.integers(len(_ADE_ASPECTS)))]
+        size = (short, int(round(short * aspect))) if aspect >= 1 else (int(round(short / aspect)), short)
+        image, categories, _ = compose_scene(rng, backgrounds[scenes[i % len(scenes)]], coins, size, max_coins)
+        labels = _to_ids(categories, ADE20K_IDS, 0)
+        stem = f'ADE_{split}_{i + 1:08d}'
+        Image.fromarray(image).save(osp.join(paths[f'{split}_img'], stem + '.jpg'), quality=95)
+        Image.fromarray(labels).save(osp.join(paths[f'{split}_ann'], stem + '.png'))
