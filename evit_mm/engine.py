@@ -104,11 +104,15 @@ def is_loadable_checkpoint(path: str) -> bool:
         return False
 
 
-def _step_checkpoints(directory: str) -> list[str]:
-    """``epoch_N.pth`` and ``iter_N.pth`` files of ``directory``, newest first (largest N, then latest mtime)."""
-    found = [p for p in glob.glob(osp.join(directory, '*.pth')) if _STEP_NAME.match(osp.basename(p))]
-    return sorted(found, key=lambda p: (int(_STEP_NAME.match(osp.basename(p)).group(2)), osp.getmtime(p)),
+def _newest_first(paths) -> list[str]:
+    """``epoch_N.pth`` / ``iter_N.pth`` paths, newest first (largest N, then latest mtime)."""
+    return sorted(paths, key=lambda p: (int(_STEP_NAME.match(osp.basename(p)).group(2)), osp.getmtime(p)),
                   reverse=True)
+
+
+def _step_checkpoints(directory: str) -> list[str]:
+    """``epoch_N.pth`` and ``iter_N.pth`` files of ``directory``, newest first."""
+    return _newest_first(p for p in glob.glob(osp.join(directory, '*.pth')) if _STEP_NAME.match(osp.basename(p)))
 
 
 def find_resume_checkpoint(work_dir: str) -> str | None:
@@ -131,8 +135,7 @@ def find_resume_checkpoint(work_dir: str) -> str | None:
     candidates = []
     for directory in dict.fromkeys(osp.abspath(d) for d in directories):
         candidates += _step_checkpoints(directory)
-    for path in sorted(candidates, key=lambda p: (int(_STEP_NAME.match(osp.basename(p)).group(2)),
-                                                  osp.getmtime(p)), reverse=True):
+    for path in _newest_first(candidates):  # both directories' files, in one order
         if is_loadable_checkpoint(path):
             print_log(f'{problem}; resuming from the newest complete checkpoint instead: {path}',
                       logger='current', level=logging.WARNING)
