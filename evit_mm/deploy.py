@@ -5,8 +5,15 @@ image encoder, or any ``nn.Module`` containing them) into its inference form:
 
 1. **BatchNorm folding.**  Every evit_mm module with a ``fuse()`` method folds its BatchNorms into the preceding
    convs (EfficientViT-M also folds the identity of its residual depthwise convs into their kernels).
-2. **Eval-only simplifications.**  EfficientViT-M's attention gathers its relative-position bias once into a
-   constant buffer and has the ``1/sqrt(key_dim)`` query scale folded into the query convs.
+2. **Inference-only modules, swapped in** (:func:`swap_inference_modules`; the training modules have no deploy
+   state and no deploy branch in their forwards):
+
+   - every EfficientViT-M attention becomes a
+     :class:`~evit_mm.models.efficientvit_msra.DeployedCascadedGroupAttention`: its relative-position bias gathered
+     once into a constant buffer, the ``1/sqrt(key_dim)`` query scale folded into the query convs;
+   - every fused ``ConvNormAct`` (EfficientViT-B/L/XL, the seg head, the SAM neck, the FPN) becomes a
+     :class:`~evit_mm.models.fuse.OneDNNConvAct` where oneDNN is available: the conv and its activation in one
+     oneDNN call for fp32 CPU inference, the plain ops everywhere else (autograd, autocast, GPUs, ONNX export).
 3. **channels_last** (default on).  Every 4-d weight is stored NHWC.  oneDNN's CPU convolutions (and cuDNN's under
    AMP) are faster in that layout: on the 2-core Xeon of docs/benchmarks.md the depthwise 3x3 convs run 2.5x and
    the stride-2 patch-embedding convs 1.3-1.6x faster, which is most of evit_mm's lead over timm there.  Inputs
@@ -27,7 +34,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-__all__ = ['deploy', 'fuse_model', 'is_deployed']
+__all__ = ['deploy', 'fuse_model', 'swap_inference_modules', 'is_deployed']
 
 
 def _fusable(module: nn.Module) -> bool:
@@ -56,6 +63,33 @@ def fuse_model(model: nn.Module) -> int:
     return count
 
 
+def _inference_form(module: nn.Module) -> Optional[nn.Module]:
+    """The inference-only module that replaces ``module``, or None. Exact types only: a subclass may compute
+    something else."""
+    from .models.efficientvit_msra import CascadedGroupAttention, DeployedCascadedGroupAttention
+    from .models.fuse import OneDNNConvAct
+    from .models.layers import ConvNormAct
+    if type(module) is CascadedGroupAttention:
+        return DeployedCascadedGroupAttention(module)
+    if type(module) is ConvNormAct and OneDNNConvAct.applies_to(module):
+        return OneDNNConvAct(module)
+    return None
+
+
+@torch.no_grad()
+def swap_inference_modules(model: nn.Module) -> int:
+    """Replace, in place, every submodule of ``model`` that has an inference-only form by that form (after
+    :func:`fuse_model`: the forms need the BN-folded layers). Returns how many were swapped."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            replacement = _inference_form(child)
+            if replacement is not None:
+                setattr(parent, name, replacement)
+                count += 1
+    return count
+
+
 def is_deployed(model: nn.Module) -> bool:
     """Whether :func:`deploy` was applied to ``model``."""
     return bool(getattr(model, '_evit_mm_deployed', False))
@@ -63,8 +97,8 @@ def is_deployed(model: nn.Module) -> bool:
 
 def deploy(model: nn.Module, channels_last: bool = True, compile: bool = False,
            compile_kwargs: Optional[dict[str, Any]] = None) -> nn.Module:
-    """The inference form of ``model`` (see the module docstring): eval mode, BNs folded, attention biases
-    constant, NHWC weights (``channels_last``), optionally ``torch.compile``-d (``compile_kwargs`` go to
+    """The inference form of ``model`` (see the module docstring): eval mode, BNs folded, inference-only modules
+    swapped in, NHWC weights (``channels_last``), optionally ``torch.compile``-d (``compile_kwargs`` go to
     ``torch.compile``).  Works in place; returns the model (or its compiled wrapper).
 
     Raises ``ValueError`` when the model holds no evit_mm module that can be fused (deploying anything else is
@@ -74,10 +108,10 @@ def deploy(model: nn.Module, channels_last: bool = True, compile: bool = False,
         raise TypeError(f'deploy() takes an nn.Module, got {type(model).__name__}')
     model.eval()
     if not is_deployed(model):
-        if fuse_model(model) == 0 and not any(getattr(m, 'deployed', False) or getattr(m, 'fused', False)
-                                              for m in model.modules()):
+        if fuse_model(model) == 0 and not any(getattr(m, 'is_fused', False) for m in model.modules()):
             raise ValueError(f'{type(model).__name__} contains no evit_mm model with a fuse() method '
                              '(EfficientViTM, EfficientViTB/L, EfficientViTSegHead, the SAM image encoder, ...)')
+        swap_inference_modules(model)
         model._evit_mm_deployed = True
     if channels_last:
         model.to(memory_format=torch.channels_last)

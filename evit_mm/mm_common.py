@@ -5,14 +5,13 @@ Imports mmengine only (never mmdet/mmseg/mmagic), so each adapter can use it wit
 from __future__ import annotations
 
 import copy
-import inspect
 
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from .compat import apply_all
-from .models.checkpoint import check_finite, unwrap_state_dict
+from .models.checkpoint import unwrap_state_dict
 
 apply_all()
 
@@ -23,25 +22,18 @@ def load_pretrained_from_cfg(module, init_cfg: dict) -> None:
     """Load ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=None)`` into a core module.
 
     The file is fetched by mmengine (local path, ``http(s)://``, ``open-mmlab://`` ...), then handed to the core
-    module's ``load_pretrained``, which recognises the official formats, converts them and loads *strictly*:
-    a mismatch raises an error listing the missing and unexpected keys instead of mmengine's silent
-    ``strict=False``. Errors name the file; NaN or infinite weights are refused.
+    module's ``load_pretrained`` (:class:`evit_mm.models.contract.LoadsPretrained`), which recognises the official
+    formats, converts them and loads *strictly*: a mismatch raises an error listing the missing and unexpected
+    keys instead of mmengine's silent ``strict=False``. Errors name the file; NaN or infinite weights are refused.
     """
     checkpoint = CheckpointLoader.load_checkpoint(init_cfg['checkpoint'], map_location='cpu', logger='current')
-    state_dict = unwrap_state_dict(checkpoint)
     prefix = init_cfg.get('prefix')
-    if prefix:
-        prefix = prefix if prefix.endswith('.') else prefix + '.'
-        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if not state_dict:
-            raise KeyError(f"no key of {init_cfg['checkpoint']} starts with the prefix '{prefix}'")
-    source = str(init_cfg['checkpoint'])
-    check_finite(state_dict, source)
-    if 'source' in inspect.signature(module.load_pretrained).parameters:
-        module.load_pretrained(state_dict, source=source)
-    else:
-        module.load_pretrained(state_dict)
-    print_log(f"{type(module).__name__}: loaded {init_cfg['checkpoint']} (strict)", logger='current')
+    if prefix and not prefix.endswith('.'):
+        prefix += '.'
+    report = module.load_pretrained(unwrap_state_dict(checkpoint), prefix=prefix or None,
+                                    source=str(init_cfg['checkpoint']))
+    print_log(f"{type(module).__name__}: loaded {init_cfg['checkpoint']} (strict; {report.format} layout)",
+              logger='current')
 
 
 def mm_module(core_cls: type, name: str | None = None) -> type:

@@ -70,14 +70,21 @@ def test_deployed_mit_convs_run_their_activation_as_a_onednn_post_op(arch, act, 
     """After deploy, fp32 CPU inference runs conv+activation as one oneDNN call; calls with autograd on, under
     autocast or with oneDNN disabled take the plain conv -> activation path (ONNX export too:
     test_onnx_export_matches_pytorch_in_onnxruntime). Both paths give the same values."""
-    import evit_mm.models.efficientvit_mit as mit
+    from evit_mm.models.fuse import OneDNNConvAct
+    from evit_mm.models.layers import ConvNormAct
     model = randomize_(EfficientViTL(arch) if arch.startswith('l') else EfficientViTB(arch), **FOLDABLE).eval()
     deployed = evit_mm.deploy(copy.deepcopy(model))
-    layers = [m for m in deployed.modules() if isinstance(m, mit.ConvNormAct)]
-    assert layers and all(m.onednn is not None for m in layers)
-    assert all(m.onednn[0] == ('gelu' if act is nn.GELU else 'hardswish') and m.onednn[2] == algorithm
+    # a module swap: every conv layer became a OneDNNConvAct with the right post-op; the model keeps its keys
+    layers = [m for m in deployed.modules() if isinstance(m, OneDNNConvAct)]
+    assert layers and not any(isinstance(m, ConvNormAct) for m in deployed.modules())
+    assert all(m.post_op[0] == ('gelu' if act is nn.GELU else 'hardswish') and m.post_op[2] == algorithm
                for m in layers if isinstance(m.act, act))
-    assert all(m.onednn[0] == 'none' for m in layers if m.act is None)
+    assert all(m.post_op[0] == 'none' for m in layers if m.act is None)
+    fused = copy.deepcopy(model).fuse()
+    assert fused.state_dict().keys() == deployed.state_dict().keys()
+    # the training modules have no deploy state: fuse() alone keeps ConvNormAct, whose forward never calls oneDNN
+    assert not any(isinstance(m, OneDNNConvAct) for m in fused.modules())
+    assert not hasattr(ConvNormAct, 'onednn')
 
     calls = []
     real = torch.ops.mkldnn._convolution_pointwise
@@ -125,17 +132,27 @@ def test_deploy_nchw_and_idempotent():
 
 
 def test_cga_deploy_folds_the_bias_and_the_query_scale():
+    """deploy() swaps each attention for DeployedCascadedGroupAttention; the training class has no deploy state."""
+    from evit_mm.models.efficientvit_msra import DeployedCascadedGroupAttention
     model = randomize_(EfficientViTM('m0'), **FOLDABLE).eval()
     deployed = evit_mm.deploy(copy.deepcopy(model), channels_last=False)
     attn = [m for m in deployed.modules() if isinstance(m, CascadedGroupAttention)]
-    assert attn and all(a.deployed and a.q_scale == 1.0 for a in attn)
-    for a, ref in zip(attn, (m for m in model.modules() if isinstance(m, CascadedGroupAttention))):
-        assert torch.equal(a.deploy_bias, ref.attention_biases[:, ref.attention_bias_idxs])
-        assert 'deploy_bias' not in a.state_dict()  # not persistent: the state dict keeps its layout
+    assert attn and all(type(a) is DeployedCascadedGroupAttention and a.query_scale == 1.0 for a in attn)
+    trained = [m for m in model.modules() if isinstance(m, CascadedGroupAttention)]
+    assert all(type(m) is CascadedGroupAttention and m.query_scale == m.scale for m in trained)
+    assert not any(hasattr(m, name) for m in trained for name in ('deployed', 'deploy_bias', 'bias'))
+    fused = copy.deepcopy(model).fuse()
+    assert fused.state_dict().keys() == deployed.state_dict().keys()  # 'bias' is not persistent
+    for a, ref, f in zip(attn, trained, (m for m in fused.modules() if isinstance(m, CascadedGroupAttention))):
+        assert torch.equal(a.bias, ref.attention_biases[:, ref.attention_bias_idxs])
+        for dw, dw_fused in zip(a.dws, f.dws):  # the query scale went into the q convs
+            torch.testing.assert_close(dw.weight, dw_fused.weight * ref.scale, rtol=0, atol=0)
         # the constant bias is what the forward uses, even if the table changes afterwards
         with torch.no_grad():
             a.attention_biases.add_(1.0)
-        assert a.attention_bias() is a.deploy_bias
+        assert a.attention_bias() is a.bias
+    with pytest.raises(ValueError, match='fuse'):
+        DeployedCascadedGroupAttention(trained[0])  # unfused q convs: no inference form
 
 
 def test_deploy_finds_the_backbone_inside_another_model():

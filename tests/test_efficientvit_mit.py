@@ -134,8 +134,11 @@ def test_official_seg_checkpoint_loads_strictly(dump, config):
             ckpt[prefix + k] = (torch.randint(0, 5, shape, generator=g) if k.endswith('num_batches_tracked')
                                 else torch.randn(shape, generator=g))
     assert detect_mit_format(ckpt) == 'official'
-    backbone = build_efficientvit_backbone(arch).load_pretrained({'state_dict': ckpt})
-    head = EfficientViTSegHead.from_config(config).load_pretrained(ckpt)
+    backbone, head = build_efficientvit_backbone(arch), EfficientViTSegHead.from_config(config)
+    report = backbone.load_pretrained({'state_dict': ckpt})
+    assert report.format == 'official' and report.part == 'backbone.' and report.loaded == len(backbone.state_dict())
+    assert set(report.other) == {k for k in ckpt if k.startswith('head.')}
+    assert head.load_pretrained(ckpt).part == 'head.'
     key = f'stages.{4 if arch.startswith("l") else 3}.op_list.1.context_module.main.qkv.conv.weight'
     torch.testing.assert_close(backbone.state_dict()[key], ckpt['backbone.' + key], rtol=0, atol=0)
     key = 'output_ops.0.op_list.0.conv.weight'
@@ -184,7 +187,9 @@ def _timm_parity(arch, sizes):
     set_attention_eps(ref, 1e-15)
     timm_sd = ref.state_dict()
     assert detect_mit_format(timm_sd) == 'timm'
-    ours = build_efficientvit_backbone(arch).load_pretrained(timm_sd).eval()
+    ours = build_efficientvit_backbone(arch)
+    assert ours.load_pretrained(timm_sd).format == 'timm'
+    ours.eval()
     for size in sizes:
         x = image(2, 3, *size)
         with torch.no_grad():
@@ -245,7 +250,8 @@ def _reference_parity(arch, sizes):
     ref = build_on_meta_then_randomize(_reference_backbone(arch), seed=5)
     ours = build_efficientvit_backbone(arch)
     set_norm_eps(ref, ours.norm_eps)  # what the reference model zoos do after construction
-    ours.load_pretrained(ref.state_dict()).eval()
+    ours.load_pretrained(ref.state_dict())
+    ours.eval()
     for size in sizes:
         x = image(1, 3, *size)
         with torch.no_grad():
@@ -295,7 +301,9 @@ def test_training_step_matches_reference():
     attention under autograd."""
     reference = pytest.importorskip('efficientsam.models.efficientvit.backbone')
     ref = build_on_meta_then_randomize(reference.efficientvit_backbone_b1, seed=6).double().train()
-    ours = efficientvit_b1().double().load_pretrained(ref.state_dict()).train()
+    ours = efficientvit_b1().double()
+    ours.load_pretrained(ref.state_dict())
+    ours.train()
     x = image(2, 3, 96, 128).double()
     want, got = ref(x), ours(x)
     weights = [image(*f.shape, seed=10 + i).double() for i, f in enumerate(got)]
@@ -405,11 +413,11 @@ def test_out_indices_and_strides():
 
     assert efficientvit_b1().out_indices == (1, 2, 3, 4)
     assert efficientvit_l1().out_indices == (1, 2, 3, 4)
-    xl0 = efficientvit_xl0(out_indices=(5, -3)).eval()  # any order, negative = from the end
+    xl0 = efficientvit_xl0(out_indices=(5, -3)).eval()  # any order (returned in stage order), negative from the end
     assert efficientvit_xl0().out_indices == (1, 2, 3, 4, 5)
-    assert xl0.out_indices == (5, 3) and xl0.out_channels == (1024, 256)
+    assert xl0.out_indices == (3, 5) and xl0.out_channels == (256, 1024) and xl0.out_strides == (16, 64)
     with torch.no_grad():
-        f5, f3 = xl0(x)
+        f3, f5 = xl0(x)
     assert f5.shape == (1, 1024, 2, 1) and f3.shape == (1, 256, 8, 4)
 
     for bad in [(5,), (1, 1), (-6,)]:
@@ -638,7 +646,9 @@ def test_load_pretrained_with_prefix_and_file(tmp_path):
     mm.update({'decode_head.conv_seg.weight': torch.zeros(1)})
     path = tmp_path / 'mm.pth'
     torch.save({'state_dict': mm, 'meta': {}}, path)
-    model = efficientvit_b0().load_pretrained(str(path), prefix='backbone.')
+    model = efficientvit_b0()
+    report = model.load_pretrained(str(path), prefix='backbone.')
+    assert report.source == str(path) and report.format == 'backbone'
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v)
     with pytest.raises(KeyError, match='no key starts with'):
@@ -666,7 +676,9 @@ def test_converter_cli_timm_round_trip(tmp_path, capsys):
     assert 'timm format' in capsys.readouterr().out
     ckpt = torch.load(dst, weights_only=True)
     assert ckpt['meta']['source_format'] == 'timm' and ckpt['meta']['part'] == 'backbone'
-    model = efficientvit_b0().load_pretrained(str(dst)).eval()
+    model = efficientvit_b0()
+    model.load_pretrained(str(dst))
+    model.eval()
     x = image(1, 3, 128, 128)
     with torch.no_grad():
         for o, r in zip(model(x), ref.forward_intermediates(x, intermediates_only=True)):

@@ -420,12 +420,20 @@ def test_small_last_maps_do_not_crash(size):
 
 
 def test_out_indices():
-    model = efficientvit_m0(out_indices=(2, 0)).eval()
-    assert model.out_indices == (0, 2) and model.out_channels == (64, 192) and model.out_strides == (16, 64)
-    outs = model(torch.randn(1, 3, 64, 96))
+    """Stages are numbered from the stem (the backbone contract): 0 = patch embedding, 1..3 = Cream's blocks1..3."""
+    model = efficientvit_m0(out_indices=(3, 1)).eval()
+    assert model.out_indices == (1, 3) and model.out_channels == (64, 192) and model.out_strides == (16, 64)
+    x = torch.randn(1, 3, 64, 96)
+    outs = model(x)
     assert [tuple(o.shape[1:]) for o in outs] == [(64, 4, 6), (192, 1, 2)]
+    assert efficientvit_m0().out_indices == (1, 2, 3)
     assert [o.shape[1] for o in efficientvit_m0(out_indices=(-2,)).eval()(torch.randn(1, 3, 64, 64))] == [128]
-    for bad in [(3,), (), (0, 0)]:
+    stem = efficientvit_m0(out_indices=(0,)).eval()
+    stem.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(stem(x)[0], model.patch_embed(x))
+        assert torch.equal(model(x)[0], model.stages[0](model.patch_embed(x)))
+    for bad in [(4,), (), (1, 1), (-5,)]:
         with pytest.raises(ValueError):
             efficientvit_m0(out_indices=bad)
 

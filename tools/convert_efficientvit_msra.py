@@ -99,6 +99,7 @@ def main(argv=None) -> int:
         print(f'error: {err}', file=sys.stderr)
         return 1
     print(f'input: {args.input} ({len(state_dict)} keys)')
+    report.source = args.input
     print(report.summary())
 
     if args.arch == 'auto':

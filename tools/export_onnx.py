@@ -37,9 +37,7 @@ def build(name: str, checkpoint: str | None):
                              + ', '.join(f'efficientvit_seg_{k}' for k in SEG_HEAD_CONFIGS))
         model = EfficientViTSeg(short)
         if checkpoint:
-            from evit_mm.models import load_state_dict_strict, read_checkpoint
-            from evit_mm.models.efficientvit_mit import convert_mit_state_dict
-            load_state_dict_strict(model, convert_mit_state_dict(read_checkpoint(checkpoint)), source=checkpoint)
+            model.load_pretrained(checkpoint)
         return model, (512, 1024)
     if short in ('m0', 'm1', 'm2', 'm3', 'm4', 'm5'):
         model = EfficientViTM(short)

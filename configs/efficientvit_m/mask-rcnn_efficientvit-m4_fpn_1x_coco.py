@@ -10,7 +10,7 @@ model = dict(
         _delete_=True,
         type='EfficientViTM',
         arch='m4',
-        out_indices=(0, 1, 2),
+        out_indices=(1, 2, 3),
         frozen_stages=-1,
         norm_eval=True,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),

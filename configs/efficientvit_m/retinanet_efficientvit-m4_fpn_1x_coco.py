@@ -15,7 +15,7 @@ model = dict(
         _delete_=True,
         type='EfficientViTM',
         arch='m4',
-        out_indices=(0, 1, 2),  # strides 16, 32, 64
+        out_indices=(1, 2, 3),  # stages 1-3: strides 16, 32, 64 (0 is the stem)
         frozen_stages=-1,  # as Cream's configs: nothing frozen
         norm_eval=True,  # as Cream's backbone, whose train() keeps every BN in eval mode
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),

@@ -59,7 +59,7 @@ def _set_litemla_eps(model: nn.Module, eps: float) -> nn.Module:
 
 def _efficientvit_m_weights_from_timm(model: nn.Module, timm_model: nn.Module) -> None:
     """Copy a timm ``efficientvit_m*`` state dict into an ``EfficientViTMClassifier`` (strictly)."""
-    model.load_timm_state_dict(timm_model.state_dict())
+    model.load_pretrained(timm_model.state_dict(), fmt='timm')
 
 
 def _mit_weights_from_timm(model: LastFeature, timm_model: TimmFeatures) -> None:
@@ -70,7 +70,7 @@ def _mit_weights_from_timm(model: LastFeature, timm_model: TimmFeatures) -> None
 def _efficientvit_m_backbone(arch: str) -> Callable[[], nn.Module]:
     def build():
         from evit_mm.models.efficientvit_msra import EfficientViTM
-        return EfficientViTM(arch)  # as the detection configs build it: out_indices (0, 1, 2), window 7
+        return EfficientViTM(arch)  # as the detection configs build it: out_indices (1, 2, 3), window 7
     return build
 
 

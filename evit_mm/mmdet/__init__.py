@@ -15,15 +15,12 @@ its anchor/RoI strides disagree (see ``stride_check``).
 from mmdet.registry import MODELS
 
 from .. import engine  # noqa: F401  (atomic checkpoints and reproducible resumes for every CheckpointHook)
+from ..mm_backbones import register_backbones
 from ..mm_common import mm_module
-from ..models import efficientvit_mit, efficientvit_msra, efficientvit_msra_fpn, sam
+from ..models import efficientvit_msra_fpn
 
-EfficientViTM = MODELS.register_module(module=mm_module(efficientvit_msra.EfficientViTM))
-EfficientViTB = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTB))
-EfficientViTL = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTL))
+EfficientViTM, EfficientViTB, EfficientViTL, EfficientViTSamEncoder = register_backbones(MODELS)
 EfficientViTFPN = MODELS.register_module(module=mm_module(efficientvit_msra_fpn.EfficientViTFPN))
-EfficientViTSamEncoder = MODELS.register_module(
-    name='EfficientViTSamEncoder', module=mm_module(sam.EfficientViTSamBackbone, name='EfficientViTSamEncoder'))
 
 from .box_prompted_sam import BoxPromptedSAM  # noqa: E402  (registers itself)
 from .stride_check import PyramidStrideCheckHook, PyramidStrideWarning, check_pyramid_strides  # noqa: E402

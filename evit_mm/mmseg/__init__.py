@@ -20,18 +20,13 @@ decay on norms/biases, together). See docs/efficientvit_seg.md.
 from mmseg.registry import MODELS
 
 from .. import engine  # noqa: F401  (atomic checkpoints and reproducible resumes for every CheckpointHook)
-from ..mm_common import mm_module
-from ..models import efficientvit_mit, efficientvit_msra, sam
+from ..mm_backbones import register_backbones
 from .decode_head import EfficientViTSegDecodeHead
 from .optim import EfficientViTOptimWrapperConstructor
 from .segmentor import EfficientViTEncoderDecoder, official_seg_to_mmseg
 from .transforms import ShortSideResize
 
-EfficientViTB = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTB))
-EfficientViTL = MODELS.register_module(module=mm_module(efficientvit_mit.EfficientViTL))
-EfficientViTM = MODELS.register_module(module=mm_module(efficientvit_msra.EfficientViTM))
-EfficientViTSamEncoder = MODELS.register_module(
-    name='EfficientViTSamEncoder', module=mm_module(sam.EfficientViTSamBackbone, name='EfficientViTSamEncoder'))
+EfficientViTM, EfficientViTB, EfficientViTL, EfficientViTSamEncoder = register_backbones(MODELS)
 
 __all__ = ['EfficientViTB', 'EfficientViTL', 'EfficientViTM', 'EfficientViTSamEncoder', 'EfficientViTSegDecodeHead',
            'EfficientViTEncoderDecoder', 'ShortSideResize', 'EfficientViTOptimWrapperConstructor',

@@ -32,6 +32,7 @@ from mmseg.registry import MODELS
 from torch import nn
 
 from ..mm_common import load_pretrained_from_cfg
+from ..models.contract import Fusable, LoadsPretrained
 from ..models.seg_head import EfficientViTSegHead
 
 __all__ = ['EfficientViTSegDecodeHead']
@@ -43,7 +44,7 @@ _CORE_MODULES = ('input_ops', 'middle', 'output_ops')
 
 
 @MODELS.register_module()
-class EfficientViTSegDecodeHead(BaseDecodeHead):
+class EfficientViTSegDecodeHead(Fusable, LoadsPretrained, BaseDecodeHead):
     """The EfficientViT SegHead (reference ``SegHead``) as an mmseg decode head.
 
     Args:
@@ -115,8 +116,8 @@ class EfficientViTSegDecodeHead(BaseDecodeHead):
     # -- the core head's behaviour, run on this module's (adopted) attributes ---------------------------------
     _select = EfficientViTSegHead._select
     set_backbone_out_indices = EfficientViTSegHead.set_backbone_out_indices
-    fuse = EfficientViTSegHead.fuse
-    load_pretrained = EfficientViTSegHead.load_pretrained
+    _fuse = EfficientViTSegHead._fuse
+    _convert_checkpoint = EfficientViTSegHead._convert_checkpoint
 
     def forward(self, inputs) -> torch.Tensor:
         """Stride-8 logits ``(B, num_classes, H/8, W/8)`` from the backbone's feature tuple (or the reference's

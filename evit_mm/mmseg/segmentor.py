@@ -39,7 +39,8 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch import Tensor
 
-from ..models.checkpoint import load_state_dict_strict, unwrap_state_dict
+from ..models.checkpoint import LoadReport, strip_prefix
+from ..models.contract import LoadsPretrained
 
 __all__ = ['EfficientViTEncoderDecoder', 'official_seg_to_mmseg', 'RESIZE_MODES']
 
@@ -57,9 +58,7 @@ def _is_official_layout(keys, prefix: str = '') -> bool:
 def official_seg_to_mmseg(state_dict: Mapping[str, Tensor]) -> 'OrderedDict[str, Tensor]':
     """An official EfficientViT seg state dict (``backbone.*`` + ``head.*``; a ``module.`` prefix is removed) with
     the head renamed for mmseg (``decode_head.*``). Other layouts are returned unchanged (copied)."""
-    sd = OrderedDict(state_dict)
-    if sd and all(k.startswith('module.') for k in sd):
-        sd = OrderedDict((k[len('module.'):], v) for k, v in sd.items())
+    sd = strip_prefix(state_dict, 'module.')
     if not _is_official_layout(sd):
         return sd
     return OrderedDict((('decode_head.' + k[len('head.'):]) if k.startswith('head.') else k, v)
@@ -88,7 +87,7 @@ def _resize(x: Tensor, size, mode: str, align_corners: bool) -> Tensor:
 
 
 @MODELS.register_module()
-class EfficientViTEncoderDecoder(EncoderDecoder):
+class EfficientViTEncoderDecoder(LoadsPretrained, EncoderDecoder):
     """mmseg's ``EncoderDecoder`` with the reference's evaluation option and official-checkpoint loading.
 
     Args (besides :class:`~mmseg.models.segmentors.EncoderDecoder`'s):
@@ -113,12 +112,13 @@ class EfficientViTEncoderDecoder(EncoderDecoder):
         return (self.test_cfg or {}).get('resize_mode', None)
 
     # -- weights ---------------------------------------------------------------------------------------------
-    def load_pretrained(self, src, source: Optional[str] = None):
-        """Load a whole-model state dict / checkpoint object strictly (official seg layout or mmseg's)."""
-        name = source or 'state dict'
-        sd = official_seg_to_mmseg(unwrap_state_dict(src))
-        load_state_dict_strict(self, sd, source=name)
-        return self
+    def _convert_checkpoint(self, state_dict, fmt):
+        """A whole-model checkpoint: the official seg layout (``head.*`` renamed ``decode_head.*``) or mmseg's."""
+        official = _is_official_layout(state_dict)
+        if fmt not in ('auto', 'official' if official else 'mmseg'):
+            raise ValueError(f"declared {fmt!r}, but its keys are in the {'official' if official else 'mmseg'} "
+                             'layout')
+        return official_seg_to_mmseg(state_dict), LoadReport(format='official' if official else 'mmseg')
 
     def init_weights(self):
         cfg = self.init_cfg

@@ -1,9 +1,16 @@
-"""Reading checkpoints and loading them strictly, with a readable key diff (pure PyTorch)."""
+"""Reading checkpoints and loading them strictly, with a readable key diff (pure PyTorch).
+
+Every evit_mm loader goes through this module: :func:`read_checkpoint` (a path or a dict, weights only),
+:func:`strip_prefix` (the one prefix stripper), :func:`load_state_dict_strict` (all-or-nothing, with the key diff)
+and :class:`LoadReport` (what every ``load_pretrained`` returns).
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import pickle
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
@@ -11,7 +18,7 @@ from torch import nn
 
 __all__ = ['CHECKPOINT_SAFE_GLOBALS', 'CheckpointMismatchError', 'CheckpointFileError', 'NonFiniteWeightsError',
            'torch_load_file', 'read_checkpoint', 'unwrap_state_dict', 'nonfinite_keys', 'check_finite',
-           'load_state_dict_strict', 'format_key_diff']
+           'load_state_dict_strict', 'format_key_diff', 'strip_prefix', 'describe_source', 'LoadReport']
 
 #: Python objects (besides tensors and containers) that the official training scripts store in their checkpoints
 #: and that are safe to unpickle: Cream's and MIT EfficientViT's main.py save an ``argparse.Namespace``.
@@ -41,6 +48,90 @@ class NonFiniteWeightsError(ValueError):
     def __init__(self, message: str, keys=()):
         super().__init__(message)
         self.keys = list(keys)
+
+
+def strip_prefix(state_dict: Mapping[str, Any], prefix: str, select: bool = False) -> 'OrderedDict[str, Any]':
+    """``state_dict`` with ``prefix`` removed from the keys that start with it (``'module.'`` of DataParallel,
+    ``'backbone.'`` of a detector, ...).
+
+    ``select=False`` keeps the other keys as they are; ``select=True`` keeps only the keys under ``prefix``
+    (an empty dict when there are none). Key order is kept, and so is PyTorch's ``_metadata`` (the BatchNorm
+    versions), renamed the same way. Without ``select``, two keys that would become one (``module.x`` and ``x``)
+    raise ``ValueError``.
+    """
+    if not prefix:
+        return OrderedDict(state_dict)
+    out: 'OrderedDict[str, Any]' = OrderedDict()
+    for key, value in state_dict.items():
+        if key.startswith(prefix):
+            new = key[len(prefix):]
+            if not select and new in state_dict:
+                raise ValueError(f'removing the prefix {prefix!r} makes {key!r} collide with {new!r}')
+            out[new] = value
+        elif not select:
+            out[key] = value
+    metadata = getattr(state_dict, '_metadata', None)
+    if metadata is not None:
+        stem = prefix[:-1] if prefix.endswith('.') else prefix
+        out._metadata = OrderedDict(
+            (('' if k == stem else k[len(prefix):]) if k == stem or k.startswith(prefix) else k, v)
+            for k, v in metadata.items() if not select or k == stem or k.startswith(prefix))
+    return out
+
+
+def describe_source(src: Any, source: str | None = None) -> str:
+    """How error messages name a checkpoint: ``source`` if given, else the path, else ``'state dict'``."""
+    if source:
+        return str(source)
+    return os.fspath(src) if isinstance(src, (str, os.PathLike)) else 'state dict'
+
+
+@dataclass
+class LoadReport:
+    """What a ``load_pretrained`` call did; every evit_mm model returns one.
+
+    Attributes:
+        source: the checkpoint's name (its path, or ``'state dict'``).
+        format: the layout it was recognised as (``'cream-cls'``, ``'timm'``, ``'official'``, ``'sam'`` ...).
+        loaded: how many tensors were loaded into the model (strictly: all of the model's).
+        part: the prefix the model's weights were read from (``'backbone.'`` of a detector or seg checkpoint,
+            ``'image_encoder.'`` of a SAM one, ``'head.'`` ...), ``''`` when the whole dict was the model's.
+        dropped: keys left out on purpose (a classifier head, index buffers).
+        resized: ``(key, old shape, new shape)`` of tensors resized to the model (attention-bias tables).
+        added: keys the checkpoint lacked and that were filled in (BatchNorm step counters, as 0).
+        unrecognised: keys no rule of the format renamed (kept, so that the strict load reports them).
+        other: the rest of the checkpoint, not for this model (a detector's neck and head, a SAM decoder ...).
+    """
+    source: str = 'state dict'
+    format: str = ''
+    loaded: int = 0
+    part: str = ''
+    dropped: list[str] = field(default_factory=list)
+    resized: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    unrecognised: list[str] = field(default_factory=list)
+    other: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def from_detector(self) -> bool:
+        """Whether the weights were a detector's backbone (``backbone.*`` next to other parts)."""
+        return self.part == 'backbone.' and bool(self.other)
+
+    def summary(self) -> str:
+        where = f' (the {self.part}* part)' if self.part else ''
+        lines = [f'{self.source}: format {self.format}{where}' + (f', {self.loaded} tensors loaded'
+                                                                    if self.loaded else '')]
+        if self.dropped:
+            lines.append(f'dropped {len(self.dropped)} keys (classifier head / index buffers)')
+        for key, old, new in self.resized:
+            lines.append(f'resized {key}: {old} -> {new} (bicubic, as Cream\'s detection code)')
+        if self.added:
+            lines.append(f'added {len(self.added)} missing BN num_batches_tracked counters (as 0)')
+        if self.unrecognised:
+            lines.append(f'{len(self.unrecognised)} keys were not recognised and were kept as they are')
+        if self.other:
+            lines.append(f'{len(self.other)} keys belong to other parts of the checkpoint and were not loaded')
+        return '\n'.join(lines)
 
 
 def _is_weights_only_refusal(err: BaseException) -> bool:

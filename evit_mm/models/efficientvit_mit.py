@@ -38,26 +38,24 @@ Numerics (kept identical to the reference on purpose)
   (softmax-free ``q k^T``) path, exactly as the reference decides it. See the class docstring for where the
   computation itself is reorganised.
 
-Checkpoint conversion
----------------------
-:func:`convert_mit_state_dict` turns official cls/seg/SAM checkpoints, timm ``efficientvit_b*/l*`` state dicts
+Checkpoints
+-----------
+:mod:`evit_mm.models.convert_mit` turns official cls/seg/SAM checkpoints, timm ``efficientvit_b*/l*`` state dicts
 and our own state dicts into one layout (the official one: ``backbone.*`` plus ``head.*``);
-:meth:`EfficientViTB.load_pretrained` / :meth:`EfficientViTL.load_pretrained` take any of them and load strictly
-through :func:`evit_mm.models.checkpoint.load_state_dict_strict`.
+``EfficientViTB.load_pretrained`` / ``EfficientViTL.load_pretrained`` (the backbone contract of
+:mod:`evit_mm.models.contract`) take any of them and load strictly.
 """
 from __future__ import annotations
 
-import os
-import re
-from collections import OrderedDict
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoint import CheckpointMismatchError, load_state_dict_strict, read_checkpoint
+from . import convert_mit
+from .contract import EfficientViTBackbone
+from .convert_mit import MIT_CHECKPOINT_FORMATS, convert_mit_state_dict, detect_mit_format, split_mit_state_dict
 from .layers import ActType, ConvNormAct, OpSequence, _autocast_enabled, build_act, fuse_conv_norm_acts
 
 __all__ = [
@@ -69,7 +67,7 @@ __all__ = [
     'EfficientViTB', 'EfficientViTL', 'efficientvit_b0', 'efficientvit_b1', 'efficientvit_b2', 'efficientvit_b3',
     'efficientvit_l0', 'efficientvit_l1', 'efficientvit_l2', 'efficientvit_l3', 'efficientvit_xl0',
     'efficientvit_xl1', 'build_efficientvit_backbone', 'MIT_BACKBONE_ARCHS',
-    # checkpoints
+    # checkpoints (evit_mm.models.convert_mit), re-exported
     'detect_mit_format', 'convert_mit_state_dict', 'split_mit_state_dict', 'MIT_CHECKPOINT_FORMATS',
 ]
 
@@ -117,36 +115,40 @@ class MBConv(nn.Module):
         return self.point_conv(self.depth_conv(self.inverted_conv(x)))
 
 
-class FusedMBConv(nn.Module):
-    """Fused inverted residual: ``spatial_conv`` full kxk (in -> mid, stride) -> ``point_conv`` 1x1 (no act)."""
+class _TwoConvBlock(nn.Module):
+    """``first`` full kxk conv (in -> mid, stride, act; ``fewer_norm``: bias instead of BN) -> ``second`` conv
+    (mid -> out, no act), ``mid = round(in * expand_ratio)``. Subclasses give the reference's module names and the
+    second conv's kernel."""
+
+    names: tuple[str, str]
+    pointwise_second: bool
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, expand_ratio: float = 4,
                  act: ActType = 'gelu', norm_eps: float = 1e-5, fewer_norm: bool = False,
                  kernel_size: int = 3):
         super().__init__()
         mid = round(in_channels * expand_ratio)
-        self.spatial_conv = ConvNormAct(in_channels, mid, kernel_size, stride, bias=fewer_norm,
-                                        norm=not fewer_norm, act=act, norm_eps=norm_eps)
-        self.point_conv = ConvNormAct(mid, out_channels, 1, norm_eps=norm_eps)
+        first, second = self.names
+        self.add_module(first, ConvNormAct(in_channels, mid, kernel_size, stride, bias=fewer_norm,
+                                           norm=not fewer_norm, act=act, norm_eps=norm_eps))
+        self.add_module(second, ConvNormAct(mid, out_channels, 1 if self.pointwise_second else kernel_size,
+                                            norm_eps=norm_eps))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.point_conv(self.spatial_conv(x))
+        first, second = self.names
+        return self._modules[second](self._modules[first](x))
 
 
-class ResBlock(nn.Module):
-    """Two full kxk convs, ``conv1`` (stride, act) -> ``conv2`` (no act); ``mid = round(in * expand_ratio)``."""
+class FusedMBConv(_TwoConvBlock):
+    """Fused inverted residual: ``spatial_conv`` full kxk (in -> mid, stride) -> ``point_conv`` 1x1 (no act)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, expand_ratio: float = 1,
-                 act: ActType = 'gelu', norm_eps: float = 1e-5, fewer_norm: bool = False,
-                 kernel_size: int = 3):
-        super().__init__()
-        mid = round(in_channels * expand_ratio)
-        self.conv1 = ConvNormAct(in_channels, mid, kernel_size, stride, bias=fewer_norm, norm=not fewer_norm,
-                                 act=act, norm_eps=norm_eps)
-        self.conv2 = ConvNormAct(mid, out_channels, kernel_size, norm_eps=norm_eps)
+    names, pointwise_second = ('spatial_conv', 'point_conv'), True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.conv1(x))
+
+class ResBlock(_TwoConvBlock):
+    """Two full kxk convs, ``conv1`` (stride, act) -> ``conv2`` (no act)."""
+
+    names, pointwise_second = ('conv1', 'conv2'), False
 
 
 _LOCAL_BLOCKS = {'ds': DSConv, 'mb': MBConv, 'fmb': FusedMBConv, 'res': ResBlock}
@@ -318,143 +320,38 @@ def _arch(arch: Union[str, Mapping[str, Any]], table: Mapping[str, Mapping[str, 
     return None, dict(arch)
 
 
-class _MITBackbone(nn.Module):
-    """What the B and L/XL backbones share: feature selection, freezing, norm_eval, fusing, loading.
+class _MITBackbone(EfficientViTBackbone):
+    """What the B and L/XL backbones share beyond the backbone contract (:mod:`evit_mm.models.contract`): stage
+    strides ``2 ** (i + 1)``, BatchNorm folding into every ``ConvNormAct``, and the family's checkpoints.
 
-    Subclasses build their stage modules and list them, stem first, in ``self._stage_modules()``.
+    Subclasses build their modules, set ``width_list`` and list the stage modules, stem first, in
+    ``_stage_module_names()``.
     """
 
     #: reference norm eps of the official checkpoints, per arch
     default_norm_eps: dict[str, float] = {}
 
+    def _resolve_arch(self, arch: Union[str, Mapping[str, Any]]) -> tuple[list[int], list[int], dict[str, Any]]:
+        """``(width_list, depth_list, settings)`` of a named arch (also sets ``self.arch``) or a settings dict."""
+        self.arch, cfg = _arch(arch, self.arch_settings, type(self).__name__)
+        return list(cfg['width_list']), list(cfg['depth_list']), cfg
+
     def _setup_outputs(self, out_indices, frozen_stages: int, norm_eval: bool):
-        n = len(self.width_list)
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        if out_indices is None:
-            out_indices = tuple(range(1, n))
-        idx = []
-        for i in out_indices:
-            j = i + n if i < 0 else i
-            if not 0 <= j < n:
-                raise ValueError(f'out_indices entry {i} out of range: stages are 0 (stem) .. {n - 1}')
-            idx.append(j)
-        if len(set(idx)) != len(idx):
-            raise ValueError(f'out_indices has duplicates: {tuple(out_indices)}')
-        if not -1 <= frozen_stages < n:
-            raise ValueError(f'frozen_stages must be in [-1, {n - 1}], got {frozen_stages}')
-        self.out_indices = tuple(idx)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.fused = False
-        self._freeze_stages()
+        strides = tuple(2 ** (i + 1) for i in range(len(self.width_list)))
+        self._setup_stages(self.width_list, strides, out_indices, frozen_stages, norm_eval)
 
-    def _stage_modules(self) -> list[nn.Module]:
-        raise NotImplementedError
-
-    # -- properties for adapters ---------------------------------------------------------------------------
-    @property
-    def num_stages(self) -> int:
-        """Number of stages including the stem (5 for B/L, 6 for XL)."""
-        return len(self.width_list)
-
-    @property
-    def strides(self) -> tuple[int, ...]:
-        """Output stride of every stage, stem first."""
-        return tuple(2 ** (i + 1) for i in range(self.num_stages))
-
-    @property
-    def out_channels(self) -> tuple[int, ...]:
-        """Channels of the features ``forward`` returns (in ``out_indices`` order)."""
-        return tuple(self.width_list[i] for i in self.out_indices)
-
-    # -- forward ---------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The outputs of the stages in ``out_indices``, in that order. Stages past the last one needed are
-        not run."""
-        wanted = set(self.out_indices)
-        last = max(self.out_indices)
-        feats = {}
-        for i, stage in enumerate(self._stage_modules()[:last + 1]):
-            x = stage(x)
-            if i in wanted:
-                feats[i] = x
-        return tuple(feats[i] for i in self.out_indices)
-
-    def forward_dict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """All stage outputs in the reference's dict: ``input``, ``stage0`` ... ``stageN``, ``stage_final``."""
-        out = {'input': x}
-        for i, stage in enumerate(self._stage_modules()):
-            out[f'stage{i}'] = x = stage(x)
-        out['stage_final'] = x
-        return out
-
-    # -- training-time behaviour ---------------------------------------------------------------------------
-    def _freeze_stages(self):
-        for stage in self._stage_modules()[:self.frozen_stages + 1]:
-            stage.eval()
-            for p in stage.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        """Also keeps frozen stages in eval mode and, with ``norm_eval``, every BatchNorm in eval mode."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
-
-    # -- deploy ------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def fuse(self):
-        """Fold every BatchNorm into the conv before it (in place; uses the running statistics, so call it on a
-        trained model, for inference). Returns ``self``. The state dict changes (no ``norm`` keys, conv biases
-        appear), so load weights before fusing."""
+    def _fuse(self) -> None:
         fuse_conv_norm_acts(self)
-        self.fused = True
-        return self
 
-    # -- weights -------------------------------------------------------------------------------------------------
-    def load_pretrained(self, src, prefix: Optional[str] = None, source: Optional[str] = None):
-        """Load weights strictly from a checkpoint path or state dict in any format :func:`detect_mit_format`
-        knows (official cls/seg/SAM, timm, evit_mm). ``prefix`` selects a sub-dict explicitly (e.g.
-        ``'backbone.'`` of an mm checkpoint); by default the backbone part is found by the format.
-        A mismatch raises :class:`~evit_mm.models.checkpoint.CheckpointMismatchError` listing the keys."""
-        if self.fused:
-            raise RuntimeError('load weights before fuse(): a fused model has no BatchNorm keys')
-        name, sd = read_checkpoint_part(src, prefix, source)
-        try:
-            backbone_sd, _ = split_mit_state_dict(sd)
-        except ValueError as err:
-            raise ValueError(f'{name}: {_other_family_hint(sd, type(self).__name__) or err}') from None
-        if not backbone_sd:
-            raise KeyError(f'{name} holds no EfficientViT backbone weights')
-        try:
-            load_state_dict_strict(self, backbone_sd, source=name)
-        except CheckpointMismatchError as err:
-            hint = _other_family_hint(backbone_sd, type(self).__name__)
-            if not hint:
-                raise
-            raise CheckpointMismatchError(f'{err}\nhint: {hint}', err.missing, err.unexpected,
-                                          err.shape_mismatch) from None
-        return self
+    def _convert_checkpoint(self, state_dict, fmt):
+        """Official cls/seg/SAM checkpoints, timm's and evit_mm's (:func:`~.convert_mit.mit_part`)."""
+        backbone, report = convert_mit.mit_part(state_dict, 'backbone', fmt, model=type(self).__name__)
+        if not backbone:
+            raise KeyError('no EfficientViT backbone weights in it')
+        return backbone, report
 
-
-def _other_family_hint(sd: Mapping[str, Any], model: str) -> str:
-    """A message for an EfficientViT-M (MSRA) state dict given to an EfficientViT-B/L model, else ''."""
-    from .efficientvit_msra import detect_msra_format, infer_msra_arch
-    try:
-        fmt = detect_msra_format(_strip_module_prefix(sd))
-    except ValueError:
-        return ''
-    try:
-        arch = infer_msra_arch(_strip_module_prefix(sd))['name'] or 'custom'
-    except (KeyError, ValueError):
-        arch = 'unknown'
-    return (f'this is an EfficientViT-M (MSRA) checkpoint ({fmt} layout, arch {arch}), a different model family '
-            f'from {model} (EfficientViT-B/L, MIT): load it into EfficientViTM (type=\'EfficientViTM\')')
+    def _mismatch_hint(self, err, state_dict) -> str:
+        return convert_mit.msra_checkpoint_hint(state_dict, type(self).__name__)
 
 
 def _resolve_norm_eps(norm_eps, arch_key, defaults, fallback):
@@ -470,7 +367,7 @@ class EfficientViTB(_MITBackbone):
         arch: ``'b0'`` ... ``'b3'`` or a dict with ``width_list`` (5 ints), ``depth_list`` (5 ints), ``dim``
             (LiteMLA head dim) and optionally ``expand_ratio`` (default 4).
         in_channels: input image channels.
-        out_indices: stage numbers to return (0 = stem, stride 2; 4 = stride 32). Default ``(1, 2, 3, 4)``.
+        out_indices: stage numbers to return (0 = stem, stride 2; 4 = stride 32). Default: ``(1, 2, 3, 4)``.
         frozen_stages: freeze stages ``0..frozen_stages`` (parameters and BN statistics); -1 freezes nothing.
         norm_eval: keep all BatchNorms in eval mode while training.
         norm_eps: BatchNorm eps; default 1e-5, the value of the reference's B models.
@@ -492,11 +389,10 @@ class EfficientViTB(_MITBackbone):
     default_norm_eps = {'b0': 1e-5, 'b1': 1e-5, 'b2': 1e-5, 'b3': 1e-5}
 
     def __init__(self, arch: Union[str, Mapping[str, Any]] = 'b1', in_channels: int = 3,
-                 out_indices: Sequence[int] = (1, 2, 3, 4), frozen_stages: int = -1, norm_eval: bool = False,
+                 out_indices: Optional[Sequence[int]] = None, frozen_stages: int = -1, norm_eval: bool = False,
                  norm_eps: Optional[float] = None, act: ActType = 'hswish', with_cp: bool = False):
         super().__init__()
-        self.arch, cfg = _arch(arch, self.arch_settings, type(self).__name__)
-        widths, depths = list(cfg['width_list']), list(cfg['depth_list'])
+        widths, depths, cfg = self._resolve_arch(arch)
         if len(widths) != 5 or len(depths) != 5:
             raise ValueError('EfficientViTB needs 5 widths and 5 depths (stem + 4 stages)')
         dim, expand = cfg['dim'], cfg.get('expand_ratio', 4)
@@ -530,8 +426,8 @@ class EfficientViTB(_MITBackbone):
         self.width_list = tuple(widths)
         self._setup_outputs(out_indices, frozen_stages, norm_eval)
 
-    def _stage_modules(self):
-        return [self.input_stem, *self.stages]
+    def _stage_module_names(self) -> list[str]:
+        return ['input_stem'] + [f'stages.{i}' for i in range(len(self.stages))]
 
 
 class EfficientViTL(_MITBackbone):
@@ -571,8 +467,7 @@ class EfficientViTL(_MITBackbone):
                  out_indices: Optional[Sequence[int]] = None, frozen_stages: int = -1, norm_eval: bool = False,
                  norm_eps: Optional[float] = None, act: ActType = 'gelu', with_cp: bool = False):
         super().__init__()
-        self.arch, cfg = _arch(arch, self.arch_settings, type(self).__name__)
-        widths, depths = list(cfg['width_list']), list(cfg['depth_list'])
+        widths, depths, cfg = self._resolve_arch(arch)
         blocks_t = list(cfg.get('block_list', self._L['block_list']))
         expands = list(cfg.get('expand_list', self._L['expand_list']))
         fewer = list(cfg.get('fewer_norm_list', self._L['fewer_norm_list']))
@@ -608,8 +503,8 @@ class EfficientViTL(_MITBackbone):
         self.width_list = tuple(widths)
         self._setup_outputs(out_indices, frozen_stages, norm_eval)
 
-    def _stage_modules(self):
-        return list(self.stages)
+    def _stage_module_names(self) -> list[str]:
+        return [f'stages.{i}' for i in range(len(self.stages))]
 
 
 #: every named architecture -> backbone class
@@ -673,145 +568,3 @@ def efficientvit_xl0(**kwargs) -> EfficientViTL:
 def efficientvit_xl1(**kwargs) -> EfficientViTL:
     """EfficientViT-XL1, the EfficientViT-SAM-XL1 backbone (167.3M, 6 stages, default norm_eps 1e-6)."""
     return EfficientViTL('xl1', **kwargs)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Checkpoint conversion
-# --------------------------------------------------------------------------------------------------------------
-
-#: Formats :func:`detect_mit_format` recognises.
-MIT_CHECKPOINT_FORMATS = {
-    'official': "official cls/seg checkpoint or evit_mm's own full layout: 'backbone.*' (+ 'head.*'), or 'head.*' only",
-    'sam': "official EfficientViT-SAM checkpoint: 'image_encoder.backbone.*', 'image_encoder.neck.*', ...",
-    'backbone': "bare backbone state dict (evit_mm EfficientViTB/L.state_dict(), reference backbone)",
-    'timm': "timm efficientvit_b*/l* state dict: 'stem.*', 'stages.N.blocks.M.*', 'head.in_conv/classifier.*'",
-}
-
-_TIMM_KEY = re.compile(r'^(stem|stages|head)\.')
-_TIMM_STEM = re.compile(r'^stem\.(in_conv|res(\d+))\.(.*)$')
-_TIMM_STAGE = re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.(.*)$')
-_TIMM_HEAD = {  # timm ClassifierHead -> reference ClsHead (OpSequential)
-    'head.in_conv.': 'head.op_list.0.',
-    'head.classifier.0.': 'head.op_list.2.linear.',
-    'head.classifier.1.': 'head.op_list.2.norm.',
-    'head.classifier.4.': 'head.op_list.3.linear.',
-}
-
-
-def _strip_module_prefix(sd: Mapping[str, Any]) -> dict:
-    keys = list(sd)
-    if keys and all(k.startswith('module.') for k in keys):
-        return {k[len('module.'):]: v for k, v in sd.items()}
-    return dict(sd)
-
-
-def detect_mit_format(sd: Mapping[str, Any]) -> str:
-    """Which EfficientViT-MIT layout a state dict has: one of :data:`MIT_CHECKPOINT_FORMATS`.
-
-    Raises ``ValueError`` (showing some keys) for anything else.
-    """
-    keys = list(_strip_module_prefix(sd))
-    if any(k.startswith('image_encoder.backbone.') for k in keys):
-        return 'sam'
-    if any(k.startswith(('backbone.', 'head.input_ops.', 'head.middle.', 'head.output_ops.', 'head.op_list.'))
-           for k in keys):
-        return 'official'
-    if any(_TIMM_STAGE.match(k) or k.startswith('stem.in_conv.') for k in keys):
-        return 'timm'
-    if any(k.startswith('input_stem.op_list.') or re.match(r'stages\.\d+\.op_list\.', k) for k in keys):
-        return 'backbone'
-    raise ValueError('not an EfficientViT (MIT) state dict: expected keys like backbone.stages.N.op_list..., '
-                     'stages.N.op_list..., image_encoder.backbone... or timm stem./stages.N.blocks...; '
-                     f'got e.g. {keys[:5]}')
-
-
-def _timm_is_large(sd: Mapping[str, Any]) -> bool:
-    # L/XL stages start with FusedMBConvs (spatial_conv) and the stem repeats ResBlocks (conv1);
-    # B uses MBConvs (inverted_conv) and DSConvs (depth_conv).
-    if any(k.startswith('stem.res0.main.conv1.') or k.startswith('stages.0.blocks.0.main.spatial_conv.')
-           for k in sd):
-        return True
-    if any(k.startswith('stem.res0.main.depth_conv.') or k.startswith('stages.0.blocks.0.main.inverted_conv.')
-           for k in sd):
-        return False
-    raise ValueError('timm state dict: cannot tell EfficientViT-B from -L (no stem.res0 / stages.0.blocks.0)')
-
-
-def _convert_timm(sd: Mapping[str, Any]) -> 'OrderedDict[str, Any]':
-    large = _timm_is_large(sd)
-    stem = 'backbone.stages.0.op_list.' if large else 'backbone.input_stem.op_list.'
-    shift = 1 if large else 0  # timm numbers the stages after the stem from 0; the L reference from 1
-    out, unknown = OrderedDict(), []
-    for k, v in sd.items():
-        m = _TIMM_STEM.match(k)
-        if m:
-            idx = 0 if m.group(1) == 'in_conv' else int(m.group(2)) + 1
-            out[f'{stem}{idx}.{m.group(3)}'] = v
-            continue
-        m = _TIMM_STAGE.match(k)
-        if m:
-            out[f'backbone.stages.{int(m.group(1)) + shift}.op_list.{m.group(2)}.{m.group(3)}'] = v
-            continue
-        for src, dst in _TIMM_HEAD.items():
-            if k.startswith(src):
-                out[dst + k[len(src):]] = v
-                break
-        else:
-            unknown.append(k)
-    if unknown:
-        raise ValueError(f'timm EfficientViT state dict: {len(unknown)} keys with no evit_mm counterpart: '
-                         f'{unknown[:10]}{" ..." if len(unknown) > 10 else ""}')
-    return out
-
-
-def convert_mit_state_dict(sd: Mapping[str, Any], src_format: str = 'auto') -> 'OrderedDict[str, Any]':
-    """Convert an EfficientViT (MIT) state dict to evit_mm's layout.
-
-    evit_mm's layout *is* the reference's: backbone weights under ``backbone.`` (keys of
-    :class:`EfficientViTB` / :class:`EfficientViTL`), the seg head under ``head.`` (keys of
-    :class:`~evit_mm.models.seg_head.EfficientViTSegHead`), the classification head under ``head.op_list.*``.
-    Hence:
-
-    * ``official`` (cls/seg checkpoints, evit_mm full dicts) and ``sam`` are returned unchanged (copied);
-    * ``backbone`` (bare backbone dict) gets the ``backbone.`` prefix;
-    * ``timm``: ``stem.in_conv`` / ``stem.res{i}`` -> stem ops ``0`` / ``i+1``; ``stages.{s}.blocks.{j}`` ->
-      ``stages.{s}.op_list.{j}`` (B) or ``stages.{s+1}.op_list.{j}`` (L, whose stem is ``stages.0``); the
-      classifier head -> the reference ClsHead keys. Block-internal names are the same in timm. Keys with no
-      counterpart raise ``ValueError``.
-
-    A ``module.`` (DataParallel) prefix on every key is removed first.
-    """
-    sd = _strip_module_prefix(sd)
-    fmt = detect_mit_format(sd) if src_format == 'auto' else src_format
-    if fmt not in MIT_CHECKPOINT_FORMATS:
-        raise ValueError(f'unknown source format {src_format!r}; known: auto, {", ".join(MIT_CHECKPOINT_FORMATS)}')
-    if fmt in ('official', 'sam'):
-        return OrderedDict(sd)
-    if fmt == 'backbone':
-        return OrderedDict((f'backbone.{k}', v) for k, v in sd.items())
-    return _convert_timm(sd)
-
-
-def read_checkpoint_part(src, prefix: Optional[str] = None, source: Optional[str] = None) -> tuple[str, dict]:
-    """``(name, state_dict)`` of a checkpoint path or dict: ``name`` (``source``, the path or ``'state dict'``)
-    is for messages; with ``prefix`` only the keys under it, prefix stripped (``KeyError`` if there are none)."""
-    name = source or (os.fspath(src) if isinstance(src, (str, os.PathLike)) else 'state dict')
-    sd = read_checkpoint(src)
-    if prefix is not None:
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if not sd:
-            raise KeyError(f'{name}: no key starts with {prefix!r}')
-    return name, sd
-
-
-def split_mit_state_dict(sd: Mapping[str, Any], src_format: str = 'auto'
-                         ) -> tuple['OrderedDict[str, Any]', 'OrderedDict[str, Any]']:
-    """Convert (see :func:`convert_mit_state_dict`) and split into ``(backbone, head)`` dicts without their
-    prefixes. ``backbone`` comes from ``backbone.*`` or, for SAM checkpoints, ``image_encoder.backbone.*``;
-    ``head`` from ``head.*`` (a seg head or a classification head; empty for SAM and bare backbones)."""
-    full = convert_mit_state_dict(sd, src_format)
-    bb_prefix = 'image_encoder.backbone.' if any(k.startswith('image_encoder.backbone.') for k in full) \
-        else 'backbone.'
-    backbone = OrderedDict((k[len(bb_prefix):], v) for k, v in full.items() if k.startswith(bb_prefix))
-    head = OrderedDict((k[len('head.'):], v) for k, v in full.items() if k.startswith('head.'))
-    return backbone, head

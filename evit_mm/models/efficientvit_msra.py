@@ -7,9 +7,9 @@ Reference code: microsoft/Cream ``EfficientViT/`` (``classification/model/effici
 Architecture (identical to the reference; the numbers are in :data:`ARCH_SETTINGS`)::
 
     patch_embed   4 x (3x3 conv stride 2 + BN), ReLU in between        -> stride 16, C0 channels
-    stages[0]     depth[0] sandwich blocks                              -> stride 16  (out index 0)
-    stages[1]     downsample + depth[1] sandwich blocks                 -> stride 32  (out index 1)
-    stages[2]     downsample + depth[2] sandwich blocks                 -> stride 64  (out index 2)
+    stages[0]     depth[0] sandwich blocks                              -> stride 16  (stage 1)
+    stages[1]     downsample + depth[1] sandwich blocks                 -> stride 32  (stage 2)
+    stages[2]     downsample + depth[2] sandwich blocks                 -> stride 64  (stage 3)
 
     sandwich block   x -> DW -> FFN -> CGA -> DW -> FFN, every step residual (x + f(x))
     DW               3x3 depthwise conv + BN
@@ -18,7 +18,8 @@ Architecture (identical to the reference; the numbers are in :data:`ARCH_SETTING
     downsample       DW, FFN (both residual), PatchMerging (1x1 -> 3x3 dw stride 2 -> SE -> 1x1, no residual),
                      DW, FFN (both residual)
 
-The forward returns the outputs of the selected stages, which are exactly the tensors that Cream's detection
+Stages are numbered as for every evit_mm backbone (:mod:`evit_mm.models.contract`): stage 0 is the stem (here the
+patch embedding), so the default ``out_indices=(1, 2, 3)`` returns exactly the tensors that Cream's detection
 backbone returns (the outputs of its ``blocks1``/``blocks2``/``blocks3``).
 
 Where this implementation deliberately differs from Cream:
@@ -34,7 +35,8 @@ Where this implementation deliberately differs from Cream:
   built in ``eval()``, so ``eval()`` then ``.to(device)`` fails and loading weights after ``eval()`` leaves
   stale biases.  Whenever a gradient is needed the bias is gathered afresh (differentiable).
 * **Deploy mode.**  :meth:`EfficientViTM.fuse` folds every BatchNorm into the conv before it and, in
-  addition, folds the identity of the residual depthwise convs into their centre tap.
+  addition, folds the identity of the residual depthwise convs into their centre tap.  :func:`evit_mm.deploy`
+  then swaps every attention layer for its inference form, :class:`DeployedCascadedGroupAttention`.
 * **No classifier head, no drop path** (Cream never enables drop path).
 * **State-dict names** are this package's own (see :func:`convert_msra_state_dict` for the official
   Cream and timm layouts).  The learnable tables keep the name ``attention_biases`` so that optimizer
@@ -49,26 +51,23 @@ wrongly-shaped keys.
 """
 from __future__ import annotations
 
-import math
-import os
-import re
-from dataclasses import dataclass, field
+import copy
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoint import CheckpointMismatchError, load_state_dict_strict, read_checkpoint
+from . import convert_msra  # a cycle: each module reads the other's names at call time only
+from .checkpoint import CheckpointMismatchError
+from .contract import EfficientViTBackbone
 from .fuse import fuse_conv_bn
 from .layers import ConvNormAct
 
 __all__ = [
-    'ARCH_SETTINGS', 'EfficientViTM', 'CascadedGroupAttention', 'SandwichBlock', 'PatchMerging',
-    'efficientvit_m0', 'efficientvit_m1', 'efficientvit_m2', 'efficientvit_m3', 'efficientvit_m4',
-    'efficientvit_m5', 'convert_msra_state_dict', 'detect_msra_format', 'infer_msra_arch', 'ConversionReport',
-    'MSRA_FORMATS', 'relative_offset_index',
+    'ARCH_SETTINGS', 'EfficientViTM', 'CascadedGroupAttention', 'DeployedCascadedGroupAttention', 'SandwichBlock',
+    'PatchMerging', 'efficientvit_m0', 'efficientvit_m1', 'efficientvit_m2', 'efficientvit_m3', 'efficientvit_m4',
+    'efficientvit_m5', 'relative_offset_index',
 ]
 
 #: Hyper-parameters of the six published variants (Cream ``classification/model/build.py``; timm agrees).
@@ -94,7 +93,7 @@ ARCH_SETTINGS: dict[str, dict[str, tuple]] = {
 }
 
 _ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'kernels', 'key_dims')
-NUM_STAGES = 3
+NUM_STAGES = 3  # after the stem
 STAGE_STRIDES = (16, 32, 64)
 
 
@@ -246,10 +245,11 @@ class CascadedGroupAttention(nn.Module):
         self.register_buffer('attention_bias_idxs', relative_offset_index(window_size), persistent=False)
         self._bias_cache: torch.Tensor | None = None
         self._bias_cache_key: tuple | None = None
-        # Deploy mode (:meth:`fuse_for_deploy`): the gathered bias as a constant buffer and the 1/sqrt(key_dim)
-        # query scale folded into the query convs, so that the forward (and an ONNX graph) has neither.
-        self.deployed = False
-        self.q_scale = self.scale
+
+    #: the factor of ``q^T k`` (the inference form has it folded into the query convs)
+    @property
+    def query_scale(self) -> float:
+        return self.scale
 
     # --- bias cache -------------------------------------------------------------------------------------
     def clear_bias_cache(self) -> None:
@@ -267,8 +267,6 @@ class CascadedGroupAttention(nn.Module):
 
     def attention_bias(self) -> torch.Tensor:
         """The (heads, N, N) bias for one window, N = window_size**2."""
-        if self.deployed:
-            return self.deploy_bias
         table = self.attention_biases
         if (torch.is_grad_enabled() and table.requires_grad) or torch.jit.is_tracing() or _is_compiling():
             return table[:, self.attention_bias_idxs]
@@ -279,25 +277,6 @@ class CascadedGroupAttention(nn.Module):
                 self._bias_cache = table[:, self.attention_bias_idxs]
             self._bias_cache_key = key
         return self._bias_cache
-
-    @torch.no_grad()
-    def fuse_for_deploy(self) -> None:
-        """Eval-only simplifications, applied by :meth:`EfficientViTM.fuse` after BN folding (the q convs must
-        already be plain convs): the bias is gathered once into the non-persistent buffer ``deploy_bias`` and the
-        query scale is folded into the depthwise q convs (``softmax(q k^T * s)`` = ``softmax((s q) k^T)``).
-        The module is then inference-only: later changes to ``attention_biases`` are not seen."""
-        if self.deployed:
-            return
-        for dw in self.dws:
-            if not isinstance(dw, nn.Conv2d) or dw.bias is None:
-                raise RuntimeError('fuse_for_deploy() needs the BN-folded q convs (call EfficientViTM.fuse())')
-            dw.weight.mul_(self.scale)
-            dw.bias.mul_(self.scale)
-        bias = self.attention_biases[:, self.attention_bias_idxs].detach().clone()
-        self.register_buffer('deploy_bias', bias, persistent=False)
-        self.q_scale = 1.0
-        self.deployed = True
-        self.clear_bias_cache()
 
     # --- forward ----------------------------------------------------------------------------------------
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
@@ -315,7 +294,8 @@ class CascadedGroupAttention(nn.Module):
             q = dw(q)
             # softmax(q^T k * scale + bias) in one fused op; (n, L, L)
             q = q.reshape(-1, self.key_dim, length)  # reshapes with -1 and constants: no shape ops in ONNX
-            attn = torch.baddbmm(bias[i], q.transpose(1, 2), k.reshape(-1, self.key_dim, length), alpha=self.q_scale)
+            attn = torch.baddbmm(bias[i], q.transpose(1, 2), k.reshape(-1, self.key_dim, length),
+                                 alpha=self.query_scale)
             attn = attn.softmax(dim=-1)
             feat = torch.bmm(v.reshape(-1, self.val_dim, length), attn.transpose(1, 2)).view(-1, self.val_dim, ws, ws)
             outs.append(feat)
@@ -342,6 +322,39 @@ class CascadedGroupAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f'heads={self.num_heads}, key_dim={self.key_dim}, val_dim={self.val_dim}, window={self.window_size}'
+
+
+class DeployedCascadedGroupAttention(CascadedGroupAttention):
+    """The inference form of a BN-folded :class:`CascadedGroupAttention`, swapped in by :func:`evit_mm.deploy`.
+
+    The (heads, N, N) bias is gathered once into the non-persistent buffer ``bias`` and the ``1/sqrt(key_dim)``
+    query scale is folded into the depthwise q convs (``softmax(q^T k * s)`` = ``softmax((s q)^T k)``), so a call
+    (and an ONNX graph) has neither the gather nor the scaling. Same outputs to float rounding; the state dict
+    keeps the trained layout. Inference only: later changes to ``attention_biases`` are not seen.
+    """
+
+    query_scale = 1.0
+
+    def __init__(self, trained: CascadedGroupAttention):
+        nn.Module.__init__(self)  # not CascadedGroupAttention's: the layers are the trained ones
+        if not all(isinstance(dw, nn.Conv2d) and dw.bias is not None for dw in trained.dws):
+            raise ValueError('the inference form needs the BN-folded q convs: fuse() the model first')
+        for name in ('num_heads', 'key_dim', 'val_dim', 'window_size', 'scale', '_split'):
+            setattr(self, name, getattr(trained, name))
+        self.qkvs, self.proj = trained.qkvs, trained.proj
+        self.dws = copy.deepcopy(trained.dws)  # scaled below; the trained module stays as it was
+        self.attention_biases = trained.attention_biases
+        self.register_buffer('attention_bias_idxs', trained.attention_bias_idxs, persistent=False)
+        with torch.no_grad():
+            for dw in self.dws:
+                dw.weight.mul_(self.scale)
+                dw.bias.mul_(self.scale)
+            self.register_buffer('bias', self.attention_biases[:, self.attention_bias_idxs].detach().clone(),
+                                 persistent=False)
+        self.clear_bias_cache()
+
+    def attention_bias(self) -> torch.Tensor:
+        return self.bias
 
 
 class SandwichBlock(nn.Module):
@@ -418,19 +431,22 @@ def _resolve_arch(arch: str | Mapping[str, Any]) -> dict[str, tuple]:
 
 
 # ------------------------------------------------------------------------------------------------ backbone
-class EfficientViTM(nn.Module):
+class EfficientViTM(EfficientViTBackbone):
     """EfficientViT-M0..M5 backbone returning multi-scale feature maps (strides 16, 32, 64).
+
+    It keeps the contract of every evit_mm backbone (:mod:`evit_mm.models.contract`): ``out_indices``,
+    ``feature_info``, ``frozen_stages``, ``norm_eval``, ``fuse()`` / ``is_fused`` and ``load_pretrained``.
 
     Args:
         arch: ``'m0'`` .. ``'m5'`` (see :data:`ARCH_SETTINGS`) or a dict with ``embed_dims``, ``depths``,
             ``num_heads`` (3 ints each), ``kernels`` (one q-conv kernel size per head of the widest stage) and
             optionally ``key_dims`` (int or 3 ints, default 16).
-        out_indices: stages whose outputs ``forward`` returns, in stage order: 0 (stride 16, ``embed_dims[0]``
-            channels), 1 (stride 32), 2 (stride 64).  Negative indices count from the end.
+        out_indices: the stages ``forward`` returns: 0 is the stem (the patch embedding, stride 16,
+            ``embed_dims[0]`` channels), 1 (stride 16, ``embed_dims[0]``), 2 (stride 32), 3 (stride 64).  Negative
+            indices count from the end.  The default ``(1, 2, 3)`` is what Cream's detection backbone returns.
         frozen_stages: ``-1`` freezes nothing; ``0`` freezes the patch embedding (Cream's detection code does
-            exactly this for any ``frozen_stages >= 0``); ``k`` in 1..3 freezes the patch embedding and
-            ``stages[0..k-1]`` (i.e. the modules producing out indices ``0..k-1``, downsampling included) --
-            the mmdet ResNet convention.  Frozen modules get ``requires_grad=False`` and stay in eval mode.
+            exactly this for any ``frozen_stages >= 0``); ``k`` in 1..3 freezes the patch embedding and stages
+            ``1..k`` (downsampling included): the mmdet ResNet convention.
         norm_eval: keep every BatchNorm in eval mode (frozen running statistics) while training.
             Cream's detection backbone hard-wires this to True.
         window_size: attention window, an int or one per stage.  7 everywhere is the reference's detection
@@ -440,7 +456,7 @@ class EfficientViTM(nn.Module):
         in_channels: image channels.
     """
 
-    def __init__(self, arch: str | Mapping[str, Any] = 'm4', out_indices: Sequence[int] = (0, 1, 2),
+    def __init__(self, arch: str | Mapping[str, Any] = 'm4', out_indices: Sequence[int] = (1, 2, 3),
                  frozen_stages: int = -1, norm_eval: bool = False, window_size: int | Sequence[int] = 7,
                  kernels: Sequence[int] | None = None, in_channels: int = 3):
         super().__init__()
@@ -460,23 +476,6 @@ class EfficientViTM(nn.Module):
         self.arch_name = arch if isinstance(arch, str) else None
         self.embed_dims = embed_dims
 
-        out_indices = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
-        norm = []
-        for i in out_indices:
-            if not -NUM_STAGES <= i < NUM_STAGES:
-                raise ValueError(f'out_indices must be in [-{NUM_STAGES}, {NUM_STAGES}), got {out_indices}')
-            norm.append(i % NUM_STAGES)
-        if not norm or len(set(norm)) != len(norm):
-            raise ValueError(f'out_indices must be non-empty and unique, got {out_indices}')
-        self.out_indices = tuple(sorted(norm))
-        self.out_channels = tuple(embed_dims[i] for i in self.out_indices)
-        self.out_strides = tuple(STAGE_STRIDES[i] for i in self.out_indices)
-        if not -1 <= frozen_stages <= NUM_STAGES:
-            raise ValueError(f'frozen_stages must be in [-1, {NUM_STAGES}], got {frozen_stages}')
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.deployed = False
-
         c0 = embed_dims[0]
         self.patch_embed = nn.Sequential(
             ConvBN(in_channels, c0 // 8, 3, 2, 1), nn.ReLU(inplace=True),
@@ -487,117 +486,44 @@ class EfficientViTM(nn.Module):
             Stage(embed_dims[max(i - 1, 0)], embed_dims[i], depths[i], num_heads[i], key_dims[i],
                   self.window_sizes[i], kernels, downsample=i > 0)
             for i in range(NUM_STAGES))
-        self._freeze_stages()
+        self._setup_stages(channels=(embed_dims[0], *embed_dims), strides=(STAGE_STRIDES[0], *STAGE_STRIDES),
+                           out_indices=out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval)
 
-    # --- freezing / train mode ----------------------------------------------------------------------------
-    def _frozen_modules(self) -> list[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        return [self.patch_embed, *self.stages[:self.frozen_stages]]
+    def _stage_module_names(self) -> list[str]:
+        return ['patch_embed'] + [f'stages.{i}' for i in range(NUM_STAGES)]
 
-    def _freeze_stages(self) -> None:
-        for module in self._frozen_modules():
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'EfficientViTM':
-        """Set the train mode, keeping frozen stages (and, with ``norm_eval``, all BatchNorms) in eval mode."""
-        super().train(mode)
-        if mode:
-            for module in self._frozen_modules():
-                module.eval()
-            if self.norm_eval:
-                for module in self.modules():
-                    if isinstance(module, _BatchNorm):
-                        module.eval()
-        return self
-
-    # --- forward ------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = self.patch_embed(x)
-        outs = []
-        last = self.out_indices[-1]
-        for i, stage in enumerate(self.stages[:last + 1]):
-            x = stage(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
-
-    # --- helpers --------------------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
         """Names of the relative-position bias tables (conventionally trained without weight decay)."""
         return {name for name, _ in self.named_parameters() if 'attention_biases' in name}
 
-    @torch.no_grad()
-    def fuse(self) -> 'EfficientViTM':
-        """Deploy mode, in place: fold every BatchNorm into the conv before it (and the identity of the
-        residual depthwise convs into their kernels), using the current running statistics.
-
-        The attention layers also get their eval-only form (:meth:`CascadedGroupAttention.fuse_for_deploy`: a
-        constant bias, the query scale folded into the q convs).  Outputs equal the eval-mode outputs of the
-        unfused model up to rounding.  The fused model is meant for inference: it has no BatchNorm left, its state
-        dict uses the fused layout, and it cannot load checkpoints any more.  Returns ``self``.
-        """
-        if self.deployed:
-            return self
-
-        def _fuse(module: nn.Module) -> None:
+    def _fuse(self) -> None:
+        """Every ConvBN becomes the plain conv it equals in eval mode (the residual depthwise convs also take in
+        their identity), using the current running statistics."""
+        def swap(module: nn.Module) -> None:
             for name, child in module.named_children():
                 if isinstance(child, ConvBN):
                     setattr(module, name, child.fused())
                 else:
-                    _fuse(child)
+                    swap(child)
+        swap(self)
 
-        _fuse(self)
-        for module in self.modules():
-            if isinstance(module, CascadedGroupAttention):
-                module.fuse_for_deploy()
-        self.deployed = True
-        return self
+    def _convert_checkpoint(self, state_dict, fmt):
+        """Cream (classification or detection), timm or evit_mm layouts (:func:`convert_msra_state_dict`); the
+        bias tables are resized to this model's windows."""
+        return convert_msra.convert_msra_state_dict(state_dict, fmt=fmt, window_size=self.window_sizes,
+                                                    return_report=True)
 
-    switch_to_deploy = fuse
-
-    def load_pretrained(self, src, fmt: str = 'auto', source: str | None = None) -> 'ConversionReport':
-        """Load a checkpoint (path or dict) in any supported layout, strictly.
-
-        ``src`` is read with :func:`~evit_mm.models.checkpoint.read_checkpoint`, converted with
-        :func:`convert_msra_state_dict` (bias tables resized to this model's windows) and loaded with
-        :func:`~evit_mm.models.checkpoint.load_state_dict_strict`: any missing, unexpected or wrongly shaped
-        key raises :class:`~evit_mm.models.checkpoint.CheckpointMismatchError` and leaves the weights as they
-        were.  Returns the :class:`ConversionReport` (detected format, dropped and resized keys).  ``source``
-        names the checkpoint in error messages (default: the path).
-        """
-        if self.deployed:
-            raise RuntimeError('load_pretrained() must be called before fuse(): the fused model has no BatchNorm')
-        source = source or (os.fspath(src) if isinstance(src, (str, os.PathLike)) else type(src).__name__)
-        state_dict = read_checkpoint(src)
+    def _mismatch_hint(self, err: CheckpointMismatchError, state_dict) -> str:
+        """When the q-conv kernels are the only difference, the kernels to build the model with."""
+        if err.missing or err.unexpected or not err.shape_mismatch or \
+                not all('.attn.dws.' in k for k, *_ in err.shape_mismatch):
+            return ''
         try:
-            converted, report = convert_msra_state_dict(state_dict, fmt=fmt, window_size=self.window_sizes,
-                                                        return_report=True)
-        except ValueError as err:
-            raise ValueError(f'{source}: {err}') from None
-        try:
-            load_state_dict_strict(self, converted, source=f'{source} ({report.format})')
-        except CheckpointMismatchError as err:
-            hint = _kernel_hint(err, converted, self.arch_settings['kernels'])
-            if not hint:
-                raise
-            raise CheckpointMismatchError(f'{err}\n{hint}', err.missing, err.unexpected,
-                                          err.shape_mismatch) from None
-        return report
-
-
-def _kernel_hint(err: CheckpointMismatchError, state_dict, model_kernels) -> str:
-    if err.missing or err.unexpected or not err.shape_mismatch or \
-            not all('.attn.dws.' in k for k, *_ in err.shape_mismatch):
-        return ''  # only when the q-conv kernels are the sole difference
-    try:
-        kernels = infer_msra_arch(state_dict)['kernels']
-    except (KeyError, ValueError):
-        return ''
-    return (f'hint: the checkpoint\'s q-conv kernels are {kernels}, the model\'s {tuple(model_kernels)}; '
-            f'build the model with kernels={kernels} (Cream\'s detection code declares M0 with (7, 5, 3, 3)).')
+            kernels = convert_msra.infer_msra_arch(state_dict)['kernels']
+        except (KeyError, ValueError):
+            return ''
+        return (f'the checkpoint\'s q-conv kernels are {kernels}, the model\'s {self.arch_settings["kernels"]}; '
+                f'build the model with kernels={kernels} (Cream\'s detection code declares M0 with (7, 5, 3, 3)).')
 
 
 def efficientvit_m0(**kwargs) -> EfficientViTM:
@@ -630,240 +556,10 @@ def efficientvit_m5(**kwargs) -> EfficientViTM:
     return EfficientViTM('m5', **kwargs)
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
-#: Layouts understood by :func:`convert_msra_state_dict`.
-MSRA_FORMATS = ('cream-cls', 'cream-det', 'timm', 'evit_mm')
 
-
-@dataclass
-class ConversionReport:
-    """What :func:`convert_msra_state_dict` did."""
-    format: str
-    from_detector: bool = False
-    dropped: list[str] = field(default_factory=list)
-    resized: list[tuple[str, tuple, tuple]] = field(default_factory=list)
-    unrecognised: list[str] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
-    other: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    def summary(self) -> str:
-        lines = [f'format: {self.format}' + (' (backbone of a detector checkpoint)' if self.from_detector else '')]
-        if self.dropped:
-            lines.append(f'dropped {len(self.dropped)} keys (classifier head / index buffers)')
-        for key, old, new in self.resized:
-            lines.append(f'resized {key}: {old} -> {new} (bicubic, as Cream\'s detection code)')
-        if self.added:
-            lines.append(f'added {len(self.added)} missing BN num_batches_tracked counters (as 0)')
-        if self.unrecognised:
-            lines.append(f'{len(self.unrecognised)} keys were not recognised and were kept as they are')
-        return '\n'.join(lines)
-
-
-def _strip_prefix(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
-    return dict(sd)
-
-
-def detect_msra_format(state_dict: Mapping[str, Any]) -> str:
-    """Which layout a (backbone) state dict is in: one of :data:`MSRA_FORMATS`.  Raises ``ValueError``."""
-    keys = list(state_dict)
-    if any(k.startswith('backbone.') for k in keys):
-        state_dict = {k[len('backbone.'):]: None for k in keys if k.startswith('backbone.')}
-        keys = list(state_dict)
-    if 'patch_embed.0.c.weight' in state_dict or any(k.startswith('blocks1.') for k in keys):
-        return 'cream-cls' if any(k.startswith(('head.', 'head_dist.')) for k in keys) else 'cream-det'
-    if 'patch_embed.conv1.conv.weight' in state_dict or any('.mixer.m.attn.' in k for k in keys):
-        return 'timm'
-    if 'patch_embed.0.conv.weight' in state_dict or any(re.match(r'stages\.\d+\.blocks\.\d+\.attn\.', k)
-                                                          for k in keys):
-        return 'evit_mm'
-    sample = ', '.join(sorted(keys)[:8])
-    raise ValueError('not an EfficientViT-M state dict in a known layout (Cream classification or detection, '
-                     f'timm efficientvit_m*, evit_mm); its keys begin: {sample}')
-
-
-_BLOCK_INNER = (
-    (re.compile(r'^(dw0|dw1|ffn0|ffn1)\.m\.(.+)$'), r'\1.\2'),
-    (re.compile(r'^mixer\.m\.attn\.proj\.1\.(.+)$'), r'attn.proj.\1'),
-    (re.compile(r'^mixer\.m\.attn\.(.+)$'), r'attn.\1'),
-)
-
-
-def _block_inner(rest: str) -> str | None:
-    for pattern, repl in _BLOCK_INNER:
-        if pattern.match(rest):
-            return pattern.sub(repl, rest)
-    return None
-
-
-_DOWN_PARTS = {(0, '0'): 'dw_pre', (0, '1'): 'ffn_pre', (2, '0'): 'dw_post', (2, '1'): 'ffn_post'}
-
-
-def _rename_cream(key: str) -> str | None:
-    """Cream ``blocks{s+1}.{j}...`` / ``patch_embed.{n}...`` -> evit_mm; None when not recognised."""
-    parts = key.split('.')
-    if len(parts) >= 2 and parts[-2] == 'c':
-        parts[-2] = 'conv'
-    key = '.'.join(parts)
-    if re.match(r'^patch_embed\.[0246]\.(conv|bn)\.', key):
-        return key
-    m = re.match(r'^blocks(\d+)\.(\d+)\.(.+)$', key)
-    if not m:
-        return None
-    stage, j, rest = int(m.group(1)) - 1, int(m.group(2)), m.group(3)
-    if stage == 0 or j >= 3:
-        inner = _block_inner(rest)
-        return None if inner is None else f'stages.{stage}.blocks.{j - 3 if stage else j}.{inner}'
-    if j == 1:
-        return f'stages.{stage}.downsample.merge.{rest}'
-    m = re.match(r'^([01])\.m\.(.+)$', rest)
-    return f'stages.{stage}.downsample.{_DOWN_PARTS[(j, m.group(1))]}.{m.group(2)}' if m else None
-
-
-def _rename_timm(key: str) -> str | None:
-    m = re.match(r'^patch_embed\.conv([1-4])\.(.+)$', key)
-    if m:
-        return f'patch_embed.{2 * (int(m.group(1)) - 1)}.{m.group(2)}'
-    m = re.match(r'^stages\.(\d+)\.downsample\.(res1|res2)\.([01])\.m\.(.+)$', key)
-    if m:
-        j = 0 if m.group(2) == 'res1' else 2
-        return f'stages.{m.group(1)}.downsample.{_DOWN_PARTS[(j, m.group(3))]}.{m.group(4)}'
-    m = re.match(r'^stages\.(\d+)\.downsample\.patchmerge\.(.+)$', key)
-    if m:
-        return f'stages.{m.group(1)}.downsample.merge.{m.group(2)}'
-    m = re.match(r'^stages\.(\d+)\.blocks\.(\d+)\.(.+)$', key)
-    if m:
-        inner = _block_inner(m.group(3))
-        return None if inner is None else f'stages.{m.group(1)}.blocks.{m.group(2)}.{inner}'
-    return None
-
-
-def _resize_bias_table(table: torch.Tensor, size: int) -> torch.Tensor:
-    """(heads, S1*S1) -> (heads, size*size): bicubic, align_corners=False, no antialias (Cream detection)."""
-    heads, length = table.shape
-    side = math.isqrt(length)
-    if side * side != length:
-        raise ValueError(f'attention bias table of length {length} is not a square window')
-    resized = F.interpolate(table.detach().float().reshape(1, heads, side, side), size=(size, size),
-                            mode='bicubic', align_corners=False)
-    return resized.reshape(heads, size * size).to(table.dtype)
-
-
-def convert_msra_state_dict(state_dict: Mapping[str, torch.Tensor], fmt: str = 'auto',
-                            window_size: int | Sequence[int] = 7, return_report: bool = False):
-    """Convert an EfficientViT-M state dict to this package's :class:`EfficientViTM` layout.
-
-    Accepted layouts (``fmt``; ``'auto'`` detects it with :func:`detect_msra_format`):
-
-    * ``'cream-cls'``: official Cream ImageNet checkpoints (pass the dict or its ``['model']``).  The
-      ``attention_bias_idxs`` buffers and the classifier head (``head.*``, ``head_dist.*``) are dropped.
-    * ``'cream-det'``: Cream's detection backbone, possibly inside a whole mmdet 2.x detector (``backbone.``
-      prefix; the other keys are left out of the result and kept in ``report.other``).
-    * ``'timm'``: timm ``efficientvit_m0..m5`` (any timm version; ``head.*`` dropped).
-    * ``'evit_mm'``: this package's layout (only the bias tables may be resized).
-
-    Every ``attention_biases`` table whose window differs from ``window_size`` (an int or one per stage) is
-    resized bicubically as Cream's detection code does (``F.interpolate(mode='bicubic')``, no antialias;
-    timm >= 1.0.31 resizes with antialias and gets different values).  The ImageNet checkpoints have 4x4
-    tables in the last stage, which the default 7 turns into 7x7.
-
-    BatchNorm ``num_batches_tracked`` counters missing from the source are added as 0 (they do not affect the
-    outputs).  Keys that are not recognised are kept unchanged, so that a strict load reports them instead of
-    silently ignoring them.  With ``return_report=True`` returns ``(state_dict, ConversionReport)``.
-    """
-    if fmt not in ('auto', *MSRA_FORMATS):
-        raise ValueError(f'fmt must be "auto" or one of {MSRA_FORMATS}, got {fmt!r}')
-    windows = _per_stage(window_size, 'window_size')
-    sd = _strip_prefix(state_dict, 'module.')
-    from_detector = any(k.startswith('backbone.') for k in sd)
-    other = {}
-    if from_detector:
-        other = {k: v for k, v in sd.items() if not k.startswith('backbone.')}
-        sd = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
-    detected = detect_msra_format(sd)
-    family = {'cream-cls': 'cream', 'cream-det': 'cream'}
-    if fmt != 'auto' and family.get(fmt, fmt) != family.get(detected, detected):
-        raise ValueError(f'the state dict was declared {fmt!r} but its keys are in the {detected!r} layout')
-    report = ConversionReport(format=fmt if fmt != 'auto' else detected, from_detector=from_detector, other=other)
-
-    rename = {'cream': _rename_cream, 'timm': _rename_timm, 'evit_mm': lambda k: k}[family.get(detected, detected)]
-    droppable = ('head.', 'head_dist.') if detected != 'evit_mm' else ()
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if key.endswith('attention_bias_idxs') or key.startswith(droppable):
-            report.dropped.append(key)
-            continue
-        new_key = rename(key)
-        if new_key is None:
-            report.unrecognised.append(key)
-            new_key = key
-        out[new_key] = value
-
-    for key, value in list(out.items()):
-        m = re.match(r'^stages\.(\d+)\.blocks\.\d+\.attn\.attention_biases$', key)
-        if m and int(m.group(1)) < NUM_STAGES and value.dim() == 2:
-            size = windows[int(m.group(1))]
-            if value.shape[1] != size * size:
-                out[key] = _resize_bias_table(value, size)
-                report.resized.append((key, tuple(value.shape), tuple(out[key].shape)))
-
-    # Some exports leave out the BN step counters; they do not affect the outputs, so restore them as 0.
-    for key in list(out):
-        if key.endswith('.running_mean'):
-            counter = key[:-len('running_mean')] + 'num_batches_tracked'
-            if counter not in out:
-                out[counter] = torch.tensor(0, dtype=torch.long)
-                report.added.append(counter)
-    return (out, report) if return_report else out
-
-
-def infer_msra_arch(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Read the hyper-parameters off a state dict (any layout), e.g. to build a model for a checkpoint.
-
-    Returns ``dict(embed_dims, depths, num_heads, key_dims, kernels, window_size, name)`` where ``name`` is the
-    entry of :data:`ARCH_SETTINGS` with the same widths, depths and heads, or None.  ``kernels`` (the q-conv
-    kernel sizes of the widest stage's heads) is compared separately: an M0 trained with Cream's detection code
-    has ``name='m0'`` and ``kernels=(7, 5, 3, 3)``.
-    """
-    sd = convert_msra_state_dict(state_dict, window_size=_table_windows(state_dict))  # tables as stored
-    embed_dims, depths, num_heads, key_dims, windows = [], [], [], [], []
-    kernels: tuple[int, ...] = ()
-    for s in range(NUM_STAGES):
-        prefix = f'stages.{s}.blocks.'
-        blocks = {int(k[len(prefix):].split('.')[0]) for k in sd if k.startswith(prefix)}
-        if not blocks:
-            raise ValueError(f'the state dict has no blocks for stage {s}')
-        depths.append(max(blocks) + 1)
-        embed_dims.append(sd[f'{prefix}0.dw0.conv.weight'].shape[0])
-        heads = sorted(int(m.group(1)) for k in sd
-                       if (m := re.match(rf'^{re.escape(prefix)}0\.attn\.qkvs\.(\d+)\.conv\.weight$', k)))
-        num_heads.append(len(heads))
-        key_dims.append(sd[f'{prefix}0.attn.dws.0.conv.weight'].shape[0])
-        windows.append(math.isqrt(sd[f'{prefix}0.attn.attention_biases'].shape[1]))
-        stage_kernels = tuple(sd[f'{prefix}0.attn.dws.{h}.conv.weight'].shape[-1] for h in heads)
-        if len(stage_kernels) > len(kernels):
-            kernels = stage_kernels
-    settings = dict(embed_dims=tuple(embed_dims), depths=tuple(depths), num_heads=tuple(num_heads),
-                    key_dims=tuple(key_dims), kernels=kernels, window_size=tuple(windows), name=None)
-    for name, ref in ARCH_SETTINGS.items():
-        if all(tuple(ref[k]) == settings[k] for k in ('embed_dims', 'depths', 'num_heads', 'key_dims')):
-            settings['name'] = name
-            break
-    return settings
-
-
-def _table_windows(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
-    """Per-stage window of the bias tables as stored (so that inference does not resize them)."""
-    windows = [7] * NUM_STAGES
-    for key, value in state_dict.items():
-        key = key[len('module.'):] if key.startswith('module.') else key
-        key = key[len('backbone.'):] if key.startswith('backbone.') else key
-        if not key.endswith('attention_biases'):
-            continue
-        m = re.match(r'^blocks(\d+)\.', key) or re.match(r'^stages\.(\d+)\.', key)
-        if m:
-            stage = int(m.group(1)) - 1 if key.startswith('blocks') else int(m.group(1))
-            if 0 <= stage < NUM_STAGES:
-                windows[stage] = math.isqrt(value.shape[1])
-    return tuple(windows)
+def __getattr__(name: str):
+    """The checkpoint conversion lives in :mod:`evit_mm.models.convert_msra` (which reads this module's tables);
+    its public names are importable from here too."""
+    if name in convert_msra.__all__:
+        return getattr(convert_msra, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

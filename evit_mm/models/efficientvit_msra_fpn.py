@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvNormAct
+from .contract import Fusable
+from .layers import ConvNormAct, fuse_conv_norm_acts
 
 __all__ = ['EfficientViTFPN']
 
@@ -85,7 +86,7 @@ def _conv_module(in_channels: int, out_channels: int, kernel_size: int, stride: 
                        padding=padding, transposed=transposed, norm_name=norm_name, act_name='activate')
 
 
-class EfficientViTFPN(nn.Module):
+class EfficientViTFPN(Fusable, nn.Module):
     """FPN with extra finer levels made by transposed convs (Cream's ``EfficientViTFPN``).
 
     Args:
@@ -205,6 +206,10 @@ class EfficientViTFPN(nn.Module):
             elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) and m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def _fuse(self) -> None:
+        """Fold the BatchNorms of the conv layers (the transposed levels keep theirs)."""
+        fuse_conv_norm_acts(self)
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if len(inputs) != self.num_ins:

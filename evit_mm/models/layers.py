@@ -32,7 +32,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint as _grad_checkpoint
 
-from .fuse import fuse_conv_bn, onednn_applies, onednn_post_op
+from .contract import Fusable
+from .fuse import fuse_conv_bn
 
 __all__ = ['ActType', 'build_act', 'ConvNormAct', 'fuse_conv_norm_acts', 'OpSequence', 'Resize', 'DAGHead',
            'stage_number']
@@ -72,7 +73,7 @@ def _autocast_enabled(device_type: str) -> bool:
         return False
 
 
-class ConvNormAct(nn.Module):
+class ConvNormAct(Fusable, nn.Module):
     """``[Dropout2d] -> Conv2d -> [norm] -> [activation]``.
 
     Args:
@@ -89,15 +90,9 @@ class ConvNormAct(nn.Module):
 
     ``fuse()`` folds a BatchNorm into the conv (eval-mode statistics) and removes it; afterwards the layer is a
     plain conv+bias(+act). Other norms, and a BN after a transposed conv, stay as they are.
-
-    After ``fuse()``, fp32 inference on the CPU (no autograd, no autocast, not while exporting to ONNX) runs
-    the conv and its activation as one oneDNN convolution with the activation as a post-op
-    (``torch.ops.mkldnn._convolution_pointwise``, the kernel torch.compile's CPU backend emits for conv+act):
-    one pass over the output instead of two (GELU alone was 28 % of EfficientViT-L1's time on one CPU thread,
-    all of it memory traffic). Same values to float rounding; every other case takes the plain path.
+    :func:`evit_mm.deploy` then swaps a fused layer for :class:`~evit_mm.models.fuse.OneDNNConvAct` (the conv and
+    its activation as one oneDNN call on the CPU).
     """
-
-    onednn: Optional[tuple] = None  # (attr, scalars, algorithm) of the fused oneDNN call; set by fuse()
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
                  groups: int = 1, bias: bool = False, norm: Union[bool, nn.Module, None] = True,
@@ -129,11 +124,6 @@ class ConvNormAct(nn.Module):
         return self._modules[self.act_name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onednn is not None and onednn_applies(x):
-            conv = self.conv
-            attr, scalars, algorithm = self.onednn
-            return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, conv.padding, conv.stride,
-                                                           conv.dilation, conv.groups, attr, scalars, algorithm)
         if self.dropout is not None:
             x = self.dropout(x)
         x = self.conv(x)
@@ -144,17 +134,11 @@ class ConvNormAct(nn.Module):
             x = act(x)
         return x
 
-    @torch.no_grad()
-    def fuse(self) -> 'ConvNormAct':
-        """Fold a BatchNorm into the conv, in place (inference only; load weights first). Returns ``self``."""
-        norm, plain_conv = self.norm_layer, type(self.conv) is nn.Conv2d
-        if isinstance(norm, _BatchNorm) and plain_conv:
-            self.conv = fuse_conv_bn(self.conv, norm)
+    def _fuse(self) -> None:
+        """Fold a BatchNorm into a plain conv (not into a transposed one)."""
+        if isinstance(self.norm_layer, _BatchNorm) and type(self.conv) is nn.Conv2d:
+            self.conv = fuse_conv_bn(self.conv, self.norm_layer)
             setattr(self, self.norm_name, None)
-        if (self.norm_layer is None and self.dropout is None and plain_conv and self.conv.padding_mode == 'zeros'
-                and torch.backends.mkldnn.is_available()):
-            self.onednn = onednn_post_op(self.act_layer)
-        return self
 
 
 @torch.no_grad()
@@ -249,7 +233,7 @@ def _run_branch(op: nn.Module, x: torch.Tensor, size: Optional[Sequence[int]]) -
     return resize(x, size=size)
 
 
-class DAGHead(nn.Module):
+class DAGHead(Fusable, nn.Module):
     """The reference's ``DAGBlock`` as a head: ``input_ops[i](inputs[i])`` -> merged (``'add'``: summed in order;
     ``'cat'``: concatenated along channels) -> ``middle`` -> every op of ``output_ops``.
 
@@ -288,8 +272,5 @@ class DAGHead(nn.Module):
         outs = tuple(op(out) for op in self.output_ops)
         return outs[0] if len(outs) == 1 else outs
 
-    @torch.no_grad()
-    def fuse(self) -> 'DAGHead':
-        """Fold every BatchNorm into its conv (inference only; load weights first). Returns ``self``."""
+    def _fuse(self) -> None:
         fuse_conv_norm_acts(self)
-        return self

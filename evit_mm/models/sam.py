@@ -33,9 +33,7 @@ State-dict keys are the official ones (``image_encoder.backbone.stages.*``, ``im
 """
 from __future__ import annotations
 
-import os
 import re
-from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -46,7 +44,10 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoint import CheckpointMismatchError, load_state_dict_strict, read_checkpoint
+from .checkpoint import (CheckpointMismatchError, LoadReport, describe_source, load_state_dict_strict,
+                         read_checkpoint, strip_prefix)
+from .contract import Fusable, LoadsPretrained
+from .convert_mit import detect_sam_checkpoint_format
 from .efficientvit_mit import EfficientViTL, FusedMBConv, MBConv, ResBlock, Residual
 from .layers import ActType, ConvNormAct, DAGHead, OpSequence, Resize, stage_number
 
@@ -160,7 +161,7 @@ class SamNeck(DAGHead):
         return self.forward_dag(feats)
 
 
-class EfficientViTSamImageEncoder(nn.Module):
+class EfficientViTSamImageEncoder(Fusable, nn.Module):
     """``backbone`` -> ``neck`` -> ``norm`` (``LayerNorm2d(256)``): images ``(B, 3, S, S)`` -> ``(B, 256, 64, 64)``.
 
     ``img_size`` is the encoder's input size ``S`` (512 for L0-L2, 1024 for XL0/XL1): the size images are
@@ -169,33 +170,30 @@ class EfficientViTSamImageEncoder(nn.Module):
 
     def __init__(self, backbone: EfficientViTL, neck: SamNeck, img_size: int = 1024, out_dim: int = 256):
         super().__init__()
-        if tuple(backbone.out_indices) != neck.stage_ids:
+        if tuple(backbone.out_indices) != tuple(sorted(neck.stage_ids)):
             raise ValueError(f'the backbone returns stages {tuple(backbone.out_indices)}, the neck reads '
-                             f'{neck.stage_ids}: build the backbone with out_indices={neck.stage_ids}')
+                             f'{neck.stage_ids}: build the backbone with out_indices={tuple(sorted(neck.stage_ids))}')
         self.backbone = backbone
         self.neck = neck
         self.norm = LayerNorm2d(out_dim, eps=SAM_NORM_EPS)
         self.img_size = int(img_size)
 
-    @torch.no_grad()
-    def fuse(self) -> 'EfficientViTSamImageEncoder':
-        """Fold every BatchNorm of the backbone and the neck into the conv before it (inference only; load the
-        weights first: the state dict changes). Returns ``self``."""
+    def _fuse(self) -> None:
         self.backbone.fuse()
         self.neck.fuse()
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'the image encoder takes (B, 3, H, W) images, got shape {tuple(x.shape)}')
-        return self.norm(self.neck(self.backbone(x)))
+        feats = self.backbone(x)  # in stage order; the neck sums them in its fid_list order
+        return self.norm(self.neck({f'stage{i}': f for i, f in zip(self.backbone.out_indices, feats)}))
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The composed model
 # --------------------------------------------------------------------------------------------------------------
 
-class EfficientViTSam(Sam):
+class EfficientViTSam(LoadsPretrained, Sam):
     """SAM with an EfficientViT image encoder; a ``segment_anything.modeling.Sam``.
 
     Differences from ``Sam`` (all forced by the encoder input being smaller than the prompt frame for L0-L2; for
@@ -292,51 +290,26 @@ class EfficientViTSam(Sam):
                             'low_res_logits': low_res})
         return outputs
 
+    def _convert_checkpoint(self, state_dict, fmt):
+        """An official EfficientViT-SAM checkpoint (``efficientvit_sam_{l0..xl1}.pt``: ``image_encoder.backbone/neck/
+        norm``, ``prompt_encoder``, ``mask_decoder``), as it is. A SAM ViT checkpoint raises ``ValueError``
+        pointing to :func:`load_sam_prompt_decoder`."""
+        found = detect_sam_checkpoint_format(state_dict)
+        if found != 'efficientvit_sam' or fmt not in ('auto', found):
+            kind = {'sam_vit': 'SAM ViT', 'prompt_decoder': 'prompt-encoder/mask-decoder'}.get(found, found)
+            raise ValueError(f'this is a {kind} checkpoint, not an EfficientViT-SAM one: it has no EfficientViT image '
+                             'encoder. Load its prompt encoder and mask decoder with load_sam_prompt_decoder(model, '
+                             'path) (or build_efficientvit_sam(..., decoder_checkpoint=path)).')
+        return state_dict, LoadReport(format=found)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------------------
 
-def detect_sam_checkpoint_format(sd: Mapping[str, Any]) -> str:
-    """``'efficientvit_sam'`` (``image_encoder.backbone.*``), ``'sam_vit'`` (segment_anything's ``Sam``:
-    ``image_encoder.patch_embed.*`` / ``image_encoder.blocks.*``) or ``'prompt_decoder'`` (only
-    ``prompt_encoder.*`` / ``mask_decoder.*``). Raises ``ValueError`` for anything else."""
-    keys = list(sd)
-    if any(k.startswith('image_encoder.backbone.') for k in keys):
-        return 'efficientvit_sam'
-    if any(k.startswith(('image_encoder.patch_embed.', 'image_encoder.blocks.')) for k in keys):
-        return 'sam_vit'
-    if keys and all(k.startswith(('prompt_encoder.', 'mask_decoder.')) for k in keys):
-        return 'prompt_decoder'
-    raise ValueError('not a SAM / EfficientViT-SAM state dict: expected image_encoder.backbone.* (EfficientViT-SAM), '
-                     f'image_encoder.patch_embed.* (SAM ViT) or prompt_encoder.*/mask_decoder.*; got e.g. {keys[:5]}')
-
-
-def _strip_module(sd: Mapping[str, Any]) -> Dict[str, Any]:
-    if sd and all(k.startswith('module.') for k in sd):
-        return {k[len('module.'):]: v for k, v in sd.items()}
-    return dict(sd)
-
-
-def _name(src) -> str:
-    return os.fspath(src) if isinstance(src, (str, os.PathLike)) else 'state dict'
-
-
 def load_efficientvit_sam_checkpoint(model: EfficientViTSam, src) -> EfficientViTSam:
-    """Load an official EfficientViT-SAM checkpoint (path or dict; ``efficientvit_sam_{l0..xl1}.pt``, keys
-    ``image_encoder.backbone/neck/norm``, ``prompt_encoder``, ``mask_decoder``) strictly. A mismatch (another
-    variant, a truncated file) raises :class:`~evit_mm.models.checkpoint.CheckpointMismatchError` listing the
-    missing, unexpected and wrongly shaped keys; a SAM ViT checkpoint raises ``ValueError`` pointing to
-    :func:`load_sam_prompt_decoder`."""
-    name = _name(src)
-    sd = _strip_module(read_checkpoint(src))
-    fmt = detect_sam_checkpoint_format(sd)
-    if fmt != 'efficientvit_sam':
-        raise ValueError(f'{name} is a {"SAM ViT" if fmt == "sam_vit" else "prompt-encoder/mask-decoder"} '
-                         'checkpoint, not an EfficientViT-SAM one: it has no EfficientViT image encoder. Load its '
-                         'prompt encoder and mask decoder with load_sam_prompt_decoder(model, path) '
-                         '(or build_efficientvit_sam(..., decoder_checkpoint=path)).')
-    load_state_dict_strict(model, sd, source=name)
+    """``model.load_pretrained(src)`` (see :meth:`EfficientViTSam._convert_checkpoint`); returns ``model``."""
+    model.load_pretrained(src)
     return model
 
 
@@ -348,11 +321,11 @@ def load_sam_prompt_decoder(model: Sam, src) -> Sam:
 
     Note: EfficientViT-SAM runs the decoder's ``nn.LayerNorm``s with eps 1e-6 (SAM: 1e-5); the eps is not part of
     the checkpoint and stays 1e-6, so outputs differ from SAM's own decoder by about that much."""
-    name = _name(src)
-    sd = _strip_module(read_checkpoint(src))
+    name = describe_source(src)
+    sd = strip_prefix(read_checkpoint(src), 'module.')
     detect_sam_checkpoint_format(sd)  # a clear error for unrelated dicts
     for part in ('prompt_encoder', 'mask_decoder'):
-        sub = OrderedDict((k[len(part) + 1:], v) for k, v in sd.items() if k.startswith(part + '.'))
+        sub = strip_prefix(sd, part + '.', select=True)
         if not sub:
             raise CheckpointMismatchError(f'{name} holds no {part}.* weights', missing=[f'{part}.*'])
         load_state_dict_strict(getattr(model, part), sub, source=f'{name} [{part}.*]')
@@ -379,7 +352,7 @@ def build_efficientvit_sam_image_encoder(variant: str = 'l0', image_size: Option
     return set_norm_eps(EfficientViTSamImageEncoder(backbone, neck, img_size=size), norm_eps)
 
 
-class EfficientViTSamBackbone(nn.Module):
+class EfficientViTSamBackbone(Fusable, LoadsPretrained, nn.Module):
     """EfficientViT-SAM's image encoder as a backbone for dense prediction (registered in mmdet and mmseg as
     ``EfficientViTSamEncoder``).
 
@@ -402,16 +375,18 @@ class EfficientViTSamBackbone(nn.Module):
                              f'{tuple(x.shape[-2:])}: resize/pad to {size} in the data pipeline')
         return (self.encoder(x), )
 
-    def load_pretrained(self, src) -> None:
-        state_dict = _strip_module(read_checkpoint(src))
+    def _convert_checkpoint(self, state_dict, fmt):
+        """The ``image_encoder.*`` part of an EfficientViT-SAM checkpoint, or an encoder-only state dict."""
         if any(k.startswith('image_encoder.') for k in state_dict):
-            state_dict = {k[len('image_encoder.'):]: v for k, v in state_dict.items()
-                          if k.startswith('image_encoder.')}
-        load_state_dict_strict(self.encoder, state_dict, source=_name(src))
+            other = {k: v for k, v in state_dict.items() if not k.startswith('image_encoder.')}
+            encoder = strip_prefix(state_dict, 'image_encoder.', select=True)
+            report = LoadReport(format='efficientvit_sam', part='image_encoder.', other=other)
+        else:
+            encoder, report = state_dict, LoadReport(format='image_encoder')
+        return {f'encoder.{k}': v for k, v in encoder.items()}, report
 
-    def fuse(self) -> 'EfficientViTSamBackbone':
+    def _fuse(self) -> None:
         self.encoder.fuse()
-        return self
 
 
 def build_efficientvit_sam(variant: str = 'l0', checkpoint=None, *, decoder_checkpoint=None,

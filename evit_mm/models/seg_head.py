@@ -23,9 +23,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .checkpoint import load_state_dict_strict
-from .efficientvit_mit import (FusedMBConv, MBConv, Residual, build_efficientvit_backbone, read_checkpoint_part,
-                               split_mit_state_dict)
+from . import convert_mit
+from .checkpoint import LoadReport
+from .contract import Fusable, LoadsPretrained
+from .efficientvit_mit import FusedMBConv, MBConv, Residual, build_efficientvit_backbone
 from .layers import ActType, ConvNormAct, DAGHead, OpSequence, Resize, stage_number
 
 __all__ = ['EfficientViTSegHead', 'EfficientViTSeg', 'SEG_HEAD_CONFIGS', 'seg_head_config']
@@ -69,7 +70,7 @@ def seg_head_config(name: str, **overrides) -> dict[str, Any]:
     return cfg
 
 
-class EfficientViTSegHead(DAGHead):
+class EfficientViTSegHead(LoadsPretrained, DAGHead):
     """The EfficientViT segmentation decoder (reference ``SegHead``, a :class:`~evit_mm.models.layers.DAGHead`).
 
     Args:
@@ -162,22 +163,20 @@ class EfficientViTSegHead(DAGHead):
         target = (xs[finest].shape[-2] * f, xs[finest].shape[-1] * f)
         return DAGHead.forward_dag(self, xs, size=target)
 
-    def load_pretrained(self, src, prefix: Optional[str] = None, source: Optional[str] = None):
-        """Load the head strictly from an official/evit_mm seg checkpoint (path or dict): its ``head.*`` part, or
-        the keys under ``prefix`` if given. Raises :class:`~evit_mm.models.checkpoint.CheckpointMismatchError`
-        with the key diff on any mismatch (e.g. a checkpoint for another dataset/model)."""
-        name, head = read_checkpoint_part(src, prefix, source)
-        if prefix is None:
-            _, head = split_mit_state_dict(head)
-            if not head:
-                raise KeyError(f'{name} holds no head weights (no "head." keys)')
-            if any(k.startswith('op_list.') for k in head):
-                raise ValueError(f'{name} is a classification checkpoint: its head is a ClsHead, not a SegHead')
-        load_state_dict_strict(self, head, source=name)
-        return self
+    def _convert_checkpoint(self, state_dict, fmt):
+        """The ``head.*`` part of an official/evit_mm seg checkpoint, or a bare head state dict (``prefix=`` given,
+        or keys that are the head's own)."""
+        if not any(k.startswith(('head.', 'backbone.', 'image_encoder.')) for k in state_dict):
+            return state_dict, LoadReport(format='head')
+        head, report = convert_mit.mit_part(state_dict, 'head', fmt, model=type(self).__name__)
+        if not head:
+            raise KeyError('no head weights in it (no "head." keys)')
+        if any(k.startswith('op_list.') for k in head):
+            raise ValueError('this is a classification checkpoint: its head is a ClsHead, not a SegHead')
+        return head, report
 
 
-class EfficientViTSeg(nn.Module):
+class EfficientViTSeg(Fusable, LoadsPretrained, nn.Module):
     """A whole segmentation network, image -> stride-8 logits: ``backbone`` (EfficientViT-B/L) -> ``head``.
 
     The reference's ``EfficientViTSeg`` without mmseg (its keys: ``backbone.*``, ``head.*``, so an official seg
@@ -198,9 +197,11 @@ class EfficientViTSeg(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
-    @torch.no_grad()
-    def fuse(self) -> 'EfficientViTSeg':
-        """Fold every BatchNorm of the backbone and the head into its conv (inference only). Returns ``self``."""
+    def _fuse(self) -> None:
         self.backbone.fuse()
         self.head.fuse()
-        return self
+
+    def _convert_checkpoint(self, state_dict, fmt):
+        """An official seg checkpoint (``backbone.*`` + ``head.*``, as it is) or timm/evit_mm layouts."""
+        fmt = convert_mit.detect_mit_format(state_dict) if fmt == 'auto' else fmt
+        return convert_mit.convert_mit_state_dict(state_dict, fmt), LoadReport(format=fmt)
