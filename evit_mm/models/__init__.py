@@ -2,10 +2,12 @@
 
 - ``efficientvit_msra``: EfficientViT-M0..M5 (MSRA, cascaded group attention) and Cream's FPN variant;
 - ``efficientvit_mit``: EfficientViT-B0..B3, L0..L3, XL0/XL1 (MIT, multi-scale linear attention);
-- ``seg_head``: the EfficientViT segmentation head;
-- ``checkpoint`` / ``fuse``: strict loading with a key diff, BatchNorm folding.
+- ``seg_head``: the EfficientViT segmentation head; ``sam``: EfficientViT-SAM; ``sr``: super-resolution;
+- ``contract``: what every model shares (stage numbering, freezing, ``fuse()``/``is_fused``, ``load_pretrained``);
+- ``convert_msra`` / ``convert_mit``: every published checkpoint layout of each family, converted;
+- ``checkpoint`` / ``fuse`` / ``layers``: strict loading with a key diff, BatchNorm folding, shared layers.
 """
-from .checkpoint import CheckpointMismatchError, load_state_dict_strict, read_checkpoint
+from .checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_strict, read_checkpoint, strip_prefix
 from .efficientvit_mit import (EfficientViTB, EfficientViTL, build_efficientvit_backbone, convert_mit_state_dict,
                                detect_mit_format, efficientvit_b0, efficientvit_b1, efficientvit_b2,
                                efficientvit_b3, efficientvit_l0, efficientvit_l1, efficientvit_l2, efficientvit_l3,
@@ -16,7 +18,7 @@ from .efficientvit_msra_fpn import EfficientViTFPN
 from .seg_head import SEG_HEAD_CONFIGS, EfficientViTSeg, EfficientViTSegHead, seg_head_config
 
 __all__ = [
-    'CheckpointMismatchError', 'load_state_dict_strict', 'read_checkpoint',
+    'CheckpointMismatchError', 'LoadReport', 'load_state_dict_strict', 'read_checkpoint', 'strip_prefix',
     'EfficientViTM', 'EfficientViTFPN', 'convert_msra_state_dict',
     'efficientvit_m0', 'efficientvit_m1', 'efficientvit_m2', 'efficientvit_m3', 'efficientvit_m4', 'efficientvit_m5',
     'EfficientViTB', 'EfficientViTL', 'build_efficientvit_backbone', 'convert_mit_state_dict', 'split_mit_state_dict',

@@ -26,9 +26,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.registry import MODELS
 
-from ...models.checkpoint import unwrap_state_dict
+from ...models.checkpoint import strip_prefix, unwrap_state_dict
 from ...models.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD, EfficientViTSam, build_efficientvit_sam
-from ...models.sam import load_efficientvit_sam_checkpoint
 from .losses import mask_iou, sam_mask_loss
 from .teacher import build_sam_teacher
 
@@ -85,9 +84,9 @@ def load_sam_weights(sam: EfficientViTSam, path: str) -> None:
     if not osp.isfile(path) and '://' not in path:
         raise FileNotFoundError(f'init_checkpoint not found: {path}')
     state_dict = unwrap_state_dict(CheckpointLoader.load_checkpoint(path, map_location='cpu'))
-    if any(k.startswith('sam.') for k in state_dict):
-        state_dict = {k[len('sam.'):]: v for k, v in state_dict.items() if k.startswith('sam.')}
-    load_efficientvit_sam_checkpoint(sam, state_dict)
+    if any(k.startswith('sam.') for k in state_dict):  # a training checkpoint: the student's part
+        state_dict = strip_prefix(state_dict, 'sam.', select=True)
+    sam.load_pretrained(state_dict, source=path)
     print_log(f'EfficientViT-SAM weights loaded from {path} (strict)', logger='current')
 
 

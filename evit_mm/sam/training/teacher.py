@@ -15,7 +15,7 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
-from ...models.checkpoint import load_state_dict_strict, read_checkpoint
+from ...models.checkpoint import load_state_dict_strict, read_checkpoint, strip_prefix
 
 __all__ = ['SamTeacher', 'build_sam_teacher']
 
@@ -62,6 +62,6 @@ def build_sam_teacher(arch: Union[str, dict] = 'vit_h', checkpoint: Optional[str
     if checkpoint is not None:
         sd = read_checkpoint(checkpoint)
         if any(k.startswith('image_encoder.') for k in sd):
-            sd = {k[len('image_encoder.'):]: v for k, v in sd.items() if k.startswith('image_encoder.')}
+            sd = strip_prefix(sd, 'image_encoder.', select=True)
         load_state_dict_strict(encoder, sd, source=str(checkpoint))
     return SamTeacher(encoder, name)
