@@ -34,19 +34,26 @@ TRAIN_BACKGROUNDS = ('astronaut', 'coffee', 'rocket', 'stereo_motorcycle', 'bric
 VAL_BACKGROUNDS = ('chelsea', 'gravel', 'hubble_deep_field', 'retina')
 
 
-def _reuse(root: str, params: dict, overwrite: bool) -> bool:
-    """Whether ``root`` already holds a sample built with ``params`` (its stamp file says so) and may be reused."""
-    stamp = osp.join(root, 'evit_mm_sample.json')
+def _reuse(root: str, params: dict, overwrite: bool, name: str = 'evit_mm_sample.json') -> bool:
+    """Whether ``root`` already holds a sample built with ``params`` (its stamp file ``name`` says so) and may be
+    reused."""
+    stamp = osp.join(root, name)
     if not overwrite and osp.isfile(stamp):
         with open(stamp) as f:
             return json.load(f) == params
     return False
 
 
-def _stamp(root: str, params: dict) -> None:
+def _stamp(root: str, params: dict, name: str = 'evit_mm_sample.json') -> None:
     """Record that ``root`` holds a complete sample built with ``params`` (what :func:`_reuse` reads)."""
-    with open(osp.join(root, 'evit_mm_sample.json'), 'w') as f:
+    with open(osp.join(root, name), 'w') as f:
         json.dump(params, f)
+
+
+def _split_coins():
+    """The segmented coins split for training (3 of every 4) and validation (every 4th)."""
+    coins = segment_coins()
+    return [c for i, c in enumerate(coins) if i % 4 != 3], [c for i, c in enumerate(coins) if i % 4 == 3]
 
 
 @lru_cache(maxsize=1)
@@ -226,18 +233,12 @@ def make_coins_coco(root: str, num_train: int = 48, num_val: int = 12, image_siz
         raise ValueError(f'image_size must be >= 64, got {image_size}')
     params = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed, max_coins=max_coins)
     paths = coins_coco_paths(root)
-    stamp = osp.join(root, 'coins_coco.json')
-    if not overwrite and osp.isfile(stamp):
-        with open(stamp) as f:
-            if json.load(f) == params:
-                return paths
-    coins = segment_coins()
-    train_coins = [c for i, c in enumerate(coins) if i % 4 != 3]
-    val_coins = [c for i, c in enumerate(coins) if i % 4 == 3]
+    if _reuse(root, params, overwrite, name='coins_coco.json'):
+        return paths
+    train_coins, val_coins = _split_coins()
     rng = np.random.default_rng(seed)
     min_area = max(16, (image_size // 40) ** 2)
     _write_split(root, 'train', num_train, TRAIN_BACKGROUNDS, train_coins, rng, image_size, max_coins, min_area)
     _write_split(root, 'val', num_val, VAL_BACKGROUNDS, val_coins, rng, image_size, max_coins, min_area)
-    with open(stamp, 'w') as f:
-        json.dump(params, f)
+    _stamp(root, params, name='coins_coco.json')
     return paths

@@ -25,7 +25,7 @@ import tarfile
 
 import numpy as np
 
-from .coins import TRAIN_BACKGROUNDS, _background, _compose, segment_coins
+from .coins import TRAIN_BACKGROUNDS, _background, _compose, _reuse, _stamp, segment_coins
 
 __all__ = ['make_sa1b_sample', 'BAD_FILES', 'encode_sa1b_annotation']
 
@@ -138,11 +138,8 @@ def make_sa1b_sample(root: str, num_images: int = 6, image_size: int = 160, seed
     stems = [f'sa_{i}' for i in range(1, num_images + 1)]
     out = {'root': root, 'images': folder, 'stems': stems, 'bad': sorted(BAD_FILES) if bad_files else [],
            'tar': tar_path}
-    stamp = osp.join(root, 'evit_mm_sample.json')
-    if not overwrite and osp.isfile(stamp):
-        with open(stamp) as f:
-            if json.load(f) == params:
-                return out
+    if _reuse(root, params, overwrite):
+        return out
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     coins = segment_coins()
@@ -169,6 +166,5 @@ def make_sa1b_sample(root: str, num_images: int = 6, image_size: int = 160, seed
         with tarfile.open(tar_path, 'w') as t:
             for name in sorted(os.listdir(folder)):
                 t.add(osp.join(folder, name), arcname=name)
-    with open(stamp, 'w') as f:
-        json.dump(params, f)
+    _stamp(root, params)
     return out

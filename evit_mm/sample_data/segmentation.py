@@ -49,8 +49,8 @@ import os.path as osp
 
 import numpy as np
 
-from .coins import (TRAIN_BACKGROUNDS, VAL_BACKGROUNDS, _background, _paste_coins, _resize, _reuse, _stamp,
-                    segment_coins)
+from .coins import (TRAIN_BACKGROUNDS, VAL_BACKGROUNDS, _background, _paste_coins, _resize, _reuse, _split_coins,
+                    _stamp)
 
 __all__ = ['SEG_CATEGORIES', 'CITYSCAPES_IDS', 'ADE20K_IDS', 'CITYSCAPES_LABEL_IDS', 'make_cityscapes_sample',
            'make_ade20k_sample', 'compose_scene', 'categorize_superpixels']
@@ -123,11 +123,6 @@ def compose_scene(rng: np.random.Generator, background: np.ndarray, coins, size:
 def _to_ids(categories: np.ndarray, table: dict, void: int) -> np.ndarray:
     lut = np.array([table[c] for c in SEG_CATEGORIES] + [void], np.uint8)
     return lut[np.where(categories < 0, len(SEG_CATEGORIES), categories)]
-
-
-def _split_coins():
-    coins = segment_coins()
-    return ([c for i, c in enumerate(coins) if i % 4 != 3], [c for i, c in enumerate(coins) if i % 4 == 3])
 
 
 def _check_counts(num_train, num_val):
