@@ -63,27 +63,26 @@ def fuse_model(model: nn.Module) -> int:
     return count
 
 
-def _inference_form(module: nn.Module) -> Optional[nn.Module]:
-    """The inference-only module that replaces ``module``, or None. Exact types only: a subclass may compute
-    something else."""
-    from .models.efficientvit_msra import CascadedGroupAttention, DeployedCascadedGroupAttention
-    from .models.fuse import OneDNNConvAct
-    from .models.layers import ConvNormAct
-    if type(module) is CascadedGroupAttention:
-        return DeployedCascadedGroupAttention(module)
-    if type(module) is ConvNormAct and OneDNNConvAct.applies_to(module):
-        return OneDNNConvAct(module)
-    return None
-
-
 @torch.no_grad()
 def swap_inference_modules(model: nn.Module) -> int:
     """Replace, in place, every submodule of ``model`` that has an inference-only form by that form (after
-    :func:`fuse_model`: the forms need the BN-folded layers). Returns how many were swapped."""
+    :func:`fuse_model`: the forms need the BN-folded layers). Exact types only: a subclass may compute something
+    else. Returns how many were swapped."""
+    from .models.efficientvit_msra import CascadedGroupAttention, DeployedCascadedGroupAttention
+    from .models.fuse import OneDNNConvAct
+    from .models.layers import ConvNormAct
+
+    def inference_form(module: nn.Module) -> Optional[nn.Module]:
+        if type(module) is CascadedGroupAttention:
+            return DeployedCascadedGroupAttention(module)
+        if type(module) is ConvNormAct and OneDNNConvAct.applies_to(module):
+            return OneDNNConvAct(module)
+        return None
+
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            replacement = _inference_form(child)
+            replacement = inference_form(child)
             if replacement is not None:
                 setattr(parent, name, replacement)
                 count += 1

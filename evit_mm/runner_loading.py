@@ -35,7 +35,7 @@ def cream_detector_format(state_dict) -> str | None:
     try:
         backbone = strip_prefix(state_dict, 'backbone.', select=True)
         fmt = detect_msra_format(backbone) if backbone else None
-    except ValueError:  # not Cream's layout (or backbone keys that collide with the others')
+    except ValueError:  # not Cream's layout
         return None
     return fmt if fmt and fmt.startswith('cream') else None
 

@@ -119,8 +119,8 @@ class LoadsPretrained:
 
 class EfficientViTBackbone(Fusable, LoadsPretrained, nn.Module):
     """The backbone contract (see the module docstring). A subclass builds its modules, then calls
-    :meth:`_setup_stages` with the stage widths and strides, stem first, and lists the stage modules in the same
-    order in :meth:`_stage_modules`."""
+    :meth:`_setup_stages` with the stage widths and strides, stem first, and names the stage modules in the same
+    order in :meth:`_stage_module_names`."""
 
     def _setup_stages(self, channels: Sequence[int], strides: Sequence[int], out_indices, frozen_stages: int,
                       norm_eval: bool) -> None:
@@ -150,11 +150,11 @@ class EfficientViTBackbone(Fusable, LoadsPretrained, nn.Module):
         self._freeze_stages()
 
     def _stage_module_names(self) -> list[str]:
-        """The qualified names of the stage modules, stem first."""
+        """The qualified names of the stage modules, stem first (read once, by :meth:`_setup_stages`)."""
         raise NotImplementedError
 
     def _stage_modules(self) -> list[nn.Module]:
-        return [self.get_submodule(name) for name in self._stage_module_names()]
+        return [self.get_submodule(f['module']) for f in self.feature_info]
 
     # -- what adapters and necks read ------------------------------------------------------------------------
     @property
