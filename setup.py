@@ -109,7 +109,7 @@ setup(
     packages=find_packages(include=['evit_mm', 'evit_mm.*']),
     # The model core needs torch and numpy (safetensors: timm's checkpoint files); each adapter and tool family
     # has an extra (tools/env/ holds the pinned, tested stack).
-    install_requires=['torch>=2.1', 'numpy', 'safetensors'],
+    install_requires=['torch>=2.1', 'numpy', 'safetensors', 'huggingface_hub'],
     extras_require=EXTRAS,
     cmdclass={'build_py': BuildPyWithMim, 'develop': DevelopWithMim},
     zip_safe=False,

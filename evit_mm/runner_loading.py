@@ -11,6 +11,9 @@ error), refusing NaN/inf weights, converting a raw Cream EfficientViT-M detector
     use_checked_loading(runner)   # strict=False / allow_nonfinite=True relax it
     runner.test()
 
+Resuming (``resume=True``) is checked for NaN/inf weights too, with the same message and override, by
+:class:`evit_mm.engine.AtomicCheckpointHook` (every Runner's checkpoint hook once evit_mm is imported).
+
 This module needs mmengine and :mod:`evit_mm.models` only (no mmdet / mmseg / mmagic).
 """
 from __future__ import annotations
@@ -18,9 +21,8 @@ from __future__ import annotations
 import os.path as osp
 from collections import OrderedDict
 
-from evit_mm.models.checkpoint import (CheckpointMismatchError, check_finite, format_key_diff, strip_prefix,
-                                       unwrap_state_dict)
-from evit_mm.models.efficientvit_msra import EfficientViTM, convert_msra_state_dict, detect_msra_format
+from evit_mm.models.checkpoint import CheckpointMismatchError, format_key_diff, strip_prefix, unwrap_state_dict
+from evit_mm.models.efficientvit_msra import EfficientViTM, cream_detector_to_evit_mm, detect_msra_format
 
 __all__ = ['CONVERTER', 'cream_detector_format', 'convert_cream_detector', 'model_state_dict', 'load_strict',
            'load_checkpoint_checked', 'use_checked_loading']
@@ -51,9 +53,7 @@ def convert_cream_detector(model, state_dict, filename: str):
         raise SystemExit(f'{filename} is a raw Cream EfficientViT-M detector checkpoint (backbone in Cream\'s '
                          f'layout), and this model\'s backbone is {type(backbone).__name__}, not EfficientViTM. '
                          f'Convert it first:\n  {command}')
-    converted, report = convert_msra_state_dict(state_dict, window_size=backbone.window_sizes, return_report=True)
-    out = OrderedDict((f'backbone.{k}', v) for k, v in converted.items())
-    out.update(report.other)
+    out, report = cream_detector_to_evit_mm(state_dict, window_size=backbone.window_sizes)
     print_log(f'{filename}: a raw Cream detector checkpoint ({report.format}), converted in memory '
               f'({report.summary().splitlines()[0]}); to convert it once: {command}', logger='current')
     return out
@@ -121,7 +121,8 @@ def load_checkpoint_checked(runner, filename: str, strict: bool = True, allow_no
     if cream_detector_format(state_dict):
         state_dict = convert_cream_detector(model, state_dict, filename)
     if not allow_nonfinite:
-        check_finite(state_dict, filename)
+        from evit_mm.engine import check_finite_checkpoint
+        check_finite_checkpoint(state_dict, filename)
     if not strict:
         load_state_dict(model, state_dict, strict=False, logger='current')
     else:
@@ -136,8 +137,13 @@ def use_checked_loading(runner, strict: bool = True, allow_nonfinite: bool = Fal
 
     mmengine loads ``load_from`` in ``Runner.load_or_resume`` with ``self.load_checkpoint(path)``, after the
     weights are initialised, and non-strictly. This replaces ``load_checkpoint`` on this runner instance only;
-    resuming (``resume=True``) keeps mmengine's own loading unchanged.
+    resuming (``resume=True``) keeps mmengine's own loading, whose NaN/inf check (the runner's
+    :class:`~evit_mm.engine.AtomicCheckpointHook`) follows ``allow_nonfinite`` too.
     """
+    from evit_mm.engine import AtomicCheckpointHook
+    for hook in runner.hooks:
+        if isinstance(hook, AtomicCheckpointHook):
+            hook.allow_nonfinite = allow_nonfinite
     original = runner.load_checkpoint
 
     def load_checkpoint(filename, map_location='cpu', **kwargs):

@@ -121,25 +121,30 @@ def load_local_checkpoint(filename, map_location=None):
             raise _refusal(filename, err) from err
 
 
+def rank0_first(fetch):
+    """``fetch()`` on rank 0 first, then (after a barrier) on the other ranks, which find its result cached."""
+    from mmengine.dist import get_dist_info
+    rank, world_size = get_dist_info()
+    result = fetch() if rank == 0 else None
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            result = fetch()
+    return result
+
+
 def _download(url: str, model_dir: str | None = None) -> str:
     """Download ``url`` into torch.hub's checkpoint folder (once; local rank 0 first) and return the path."""
-    from mmengine.dist import get_dist_info
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
     cached = osp.join(model_dir, osp.basename(urlparse(url).path))
-    rank, world_size = get_dist_info()
 
     def fetch():
         if not osp.isfile(cached):
             os.makedirs(model_dir, exist_ok=True)
             torch.hub.download_url_to_file(url, cached, progress=os.isatty(2))
+        return cached
 
-    if rank == 0:
-        fetch()
-    if world_size > 1:
-        torch.distributed.barrier()
-        if rank > 0:
-            fetch()
-    return cached
+    return rank0_first(fetch)
 
 
 def load_http_checkpoint(filename, map_location=None, model_dir=None):
@@ -203,5 +208,7 @@ def patch_mmengine_checkpoint() -> bool:
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=load_from_http_weights_only, force=True)
     for scheme, prefixes in _ZOO_PREFIXES.items():
         CheckpointLoader.register_scheme(prefixes=prefixes, loader=_zoo_loader(scheme), force=True)
+    from ..mm_weights import load_from_evit  # evit://NAME: evit_mm's published checkpoints by name
+    CheckpointLoader.register_scheme(prefixes='evit://', loader=load_from_evit, force=True)
     _PATCHED = True
     return True

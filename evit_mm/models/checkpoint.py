@@ -180,13 +180,15 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(src: str | os.PathLike | Mapping | nn.Module, map_location='cpu') -> dict[str, torch.Tensor]:
-    """Read a local checkpoint file (or take a dict) and return its state dict.
+    """Read a checkpoint file (or take a dict) and return its state dict. ``src`` may be a path, an ``evit://NAME``
+    published checkpoint or an ``http(s)://`` URL (both fetched once into the cache, see :mod:`evit_mm.models.hub`).
 
     Files are read with ``weights_only=True`` (plus :data:`CHECKPOINT_SAFE_GLOBALS`): a checkpoint of weights
     needs nothing else, and this never runs code from the file.
     """
     if isinstance(src, (str, os.PathLike)):
-        path = os.fspath(src)
+        from .registry import resolve_checkpoint  # evit://NAME and http(s):// URLs: fetched and cached
+        path = resolve_checkpoint(src)
         if not os.path.isfile(path):
             raise FileNotFoundError(f'checkpoint not found: {path}')
         if path.endswith('.safetensors'):

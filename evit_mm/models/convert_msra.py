@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from . import efficientvit_msra as _arch  # the architecture tables (a cycle: used at call time only)
 from .checkpoint import LoadReport, strip_prefix
 
-__all__ = ['MSRA_FORMATS', 'ConversionReport', 'detect_msra_format', 'convert_msra_state_dict', 'infer_msra_arch']
+__all__ = ['MSRA_FORMATS', 'ConversionReport', 'detect_msra_format', 'convert_msra_state_dict', 'infer_msra_arch',
+           'cream_detector_to_evit_mm']
 
 #: What :func:`convert_msra_state_dict` did: the report every ``load_pretrained`` returns.
 ConversionReport = LoadReport
@@ -226,3 +227,13 @@ def _table_windows(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
             if 0 <= stage < _arch.NUM_STAGES:
                 windows[stage] = math.isqrt(value.shape[1])
     return tuple(windows)
+
+
+def cream_detector_to_evit_mm(state_dict: Mapping[str, torch.Tensor], window_size: int | Sequence[int] = 7):
+    """A whole Cream (mmdet 2.x) detector state dict with its EfficientViT-M backbone (``backbone.*``, Cream's
+    layout) converted to :class:`~evit_mm.models.EfficientViTM`'s, the neck and head keys unchanged. Returns
+    ``(state_dict, report)``."""
+    converted, report = convert_msra_state_dict(state_dict, window_size=window_size, return_report=True)
+    out = dict((f'backbone.{k}', v) for k, v in converted.items())
+    out.update(report.other)
+    return out, report
