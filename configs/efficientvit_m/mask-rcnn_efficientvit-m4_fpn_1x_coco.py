@@ -4,7 +4,7 @@ _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
 custom_imports = dict(imports=['evit_mm.mmdet'], allow_failed_imports=False)
 custom_hooks = [dict(type='PyramidStrideCheckHook')]  # warns if the neck's strides and the anchors' disagree
 
-pretrained = 'checkpoints/efficientvit_m4.pth'
+pretrained = 'evit://efficientvit_m4'  # Cream's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 model = dict(
     backbone=dict(
         _delete_=True,

@@ -1,7 +1,7 @@
 # RetinaNet + EfficientViT-M1, COCO, 1x: the M4 recipe with the M1 backbone.
 _base_ = ['./retinanet_efficientvit-m4_fpn_1x_coco.py']
 
-pretrained = 'checkpoints/efficientvit_m1.pth'
+pretrained = 'evit://efficientvit_m1'  # Cream's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 model = dict(
     backbone=dict(arch='m1', init_cfg=dict(checkpoint=pretrained)),
     neck=dict(in_channels=[128, 144, 192]))

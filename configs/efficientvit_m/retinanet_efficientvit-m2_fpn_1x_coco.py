@@ -1,7 +1,7 @@
 # RetinaNet + EfficientViT-M2, COCO, 1x: the M4 recipe with the M2 backbone.
 _base_ = ['./retinanet_efficientvit-m4_fpn_1x_coco.py']
 
-pretrained = 'checkpoints/efficientvit_m2.pth'
+pretrained = 'evit://efficientvit_m2'  # Cream's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 model = dict(
     backbone=dict(arch='m2', init_cfg=dict(checkpoint=pretrained)),
     neck=dict(in_channels=[128, 192, 224]))

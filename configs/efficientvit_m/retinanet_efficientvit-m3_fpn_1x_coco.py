@@ -1,7 +1,7 @@
 # RetinaNet + EfficientViT-M3, COCO, 1x: the M4 recipe with the M3 backbone.
 _base_ = ['./retinanet_efficientvit-m4_fpn_1x_coco.py']
 
-pretrained = 'checkpoints/efficientvit_m3.pth'
+pretrained = 'evit://efficientvit_m3'  # Cream's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 model = dict(
     backbone=dict(arch='m3', init_cfg=dict(checkpoint=pretrained)),
     neck=dict(in_channels=[128, 240, 320]))

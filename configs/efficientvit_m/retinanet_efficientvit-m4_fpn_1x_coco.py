@@ -5,10 +5,11 @@ _base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
 custom_imports = dict(imports=['evit_mm.mmdet'], allow_failed_imports=False)
 custom_hooks = [dict(type='PyramidStrideCheckHook')]  # warns if the neck's strides and the anchors' disagree
 
-# ImageNet-1k weights: an official Cream classification checkpoint (efficientvit_m4.pth), a timm state dict or
-# a file converted by tools/convert_efficientvit_msra.py; set with
+# ImageNet-1k weights: Cream's efficientvit_m4.pth, fetched by name and cached (docs/model_zoo.md). Any other
+# file (a local copy, a timm state dict, a file converted by tools/convert_efficientvit_msra.py) works too:
 #   --cfg-options model.backbone.init_cfg.checkpoint=/path/to/efficientvit_m4.pth
-pretrained = 'checkpoints/efficientvit_m4.pth'
+# The trained detector: python tools/test.py THIS_CONFIG evit://retinanet_efficientvit_m4_fpn_1x_coco
+pretrained = 'evit://efficientvit_m4'
 
 model = dict(
     backbone=dict(

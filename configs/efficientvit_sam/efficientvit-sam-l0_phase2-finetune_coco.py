@@ -1,10 +1,10 @@
 # Fine-tune EfficientViT-SAM-L0 on your own instance masks in COCO format (polygons or RLE; categories are
 # ignored, SAM is class-agnostic), with phase 2's prompts and loss, from the official checkpoint.
 #   python tools/train.py configs/efficientvit_sam/efficientvit-sam-l0_phase2-finetune_coco.py \
-#       --cfg-options train_dataloader.dataset.data_root=data/my_coco/ model.init_checkpoint=efficientvit_sam_l0.pt
+#       --cfg-options train_dataloader.dataset.data_root=data/my_coco/ model.init_checkpoint=my_phase2/iter_700000.pth
 _base_ = ['./efficientvit-sam-l0_phase2-e2e_sa1b.py']
 
-model = dict(init_checkpoint='checkpoints/efficientvit_sam_l0.pt')  # or a phase-2 checkpoint of yours
+model = dict(init_checkpoint='evit://efficientvit_sam_l0')  # the official checkpoint, or a phase-2 one of yours
 train_dataloader = dict(
     batch_size=4, num_workers=4, persistent_workers=True,
     sampler=dict(_delete_=True, type='SamDefaultSampler', shuffle=True),

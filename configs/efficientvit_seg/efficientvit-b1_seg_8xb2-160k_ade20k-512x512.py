@@ -4,7 +4,7 @@
 # and docs/efficientvit_seg.md. This file is the ADE20K base of the other ADE20K configs.
 _base_ = ['mmseg::_base_/datasets/ade20k.py', './_base_/efficientvit_seg_160k.py']
 
-pretrained = 'checkpoints/efficientvit_b1_r288.pt'  # ImageNet-1k backbone weights (see the Cityscapes config)
+pretrained = 'evit://efficientvit_b1.r288'  # MIT's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 
 crop_size = (512, 512)
 model = dict(

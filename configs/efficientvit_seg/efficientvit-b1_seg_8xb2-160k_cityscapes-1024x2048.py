@@ -4,11 +4,12 @@
 # and docs/efficientvit_seg.md. This file is the Cityscapes base of the other Cityscapes configs.
 _base_ = ['mmseg::_base_/datasets/cityscapes_1024x1024.py', './_base_/efficientvit_seg_160k.py']
 
-# ImageNet-1k weights for the backbone: an official EfficientViT classification checkpoint
-# (https://huggingface.co/han-cai/efficientvit-cls, e.g. efficientvit_b1_r288.pt), a timm efficientvit_b1 state
-# dict or a file converted by tools/convert_efficientvit_mit.py; set with
+# ImageNet-1k weights for the backbone: MIT's efficientvit_b1_r288.pt (huggingface.co/han-cai/efficientvit-cls),
+# fetched by name and cached (docs/model_zoo.md). Any other file (a local copy, a timm efficientvit_b1 state dict,
+# a file converted by tools/convert_efficientvit_mit.py) works too:
 #   --cfg-options model.backbone.init_cfg.checkpoint=/path/to/efficientvit_b1_r288.pt
-pretrained = 'checkpoints/efficientvit_b1_r288.pt'
+# The trained model: python tools/test.py THIS_CONFIG evit://efficientvit_seg_b1_cityscapes
+pretrained = 'evit://efficientvit_b1.r288'
 
 crop_size = (1024, 1024)
 model = dict(

@@ -2,7 +2,7 @@
 # Recipe and data: ./efficientvit-b1_seg_8xb2-160k_cityscapes-1024x2048.py.
 _base_ = ['./efficientvit-b1_seg_8xb2-160k_cityscapes-1024x2048.py']
 
-pretrained = 'checkpoints/efficientvit_b2_r288.pt'
+pretrained = 'evit://efficientvit_b2.r288'  # MIT's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 model = dict(
     backbone=dict(type='EfficientViTB', arch='b2', init_cfg=dict(checkpoint=pretrained)),
     decode_head=dict(  # the reference's b2_cityscapes head

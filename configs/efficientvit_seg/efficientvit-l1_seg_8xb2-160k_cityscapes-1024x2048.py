@@ -3,7 +3,7 @@
 # (the reference's set_norm_eps for L seg/cls models).
 _base_ = ['./efficientvit-b1_seg_8xb2-160k_cityscapes-1024x2048.py']
 
-pretrained = 'checkpoints/efficientvit_l1_r224.pt'
+pretrained = 'evit://efficientvit_l1.r224'  # MIT's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 model = dict(
     backbone=dict(type='EfficientViTL', arch='l1', norm_eps=1e-7, init_cfg=dict(checkpoint=pretrained)),
     decode_head=dict(  # the reference's l1_cityscapes head

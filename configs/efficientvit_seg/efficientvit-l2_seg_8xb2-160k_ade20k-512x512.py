@@ -2,7 +2,7 @@
 # Recipe and data: ./efficientvit-b1_seg_8xb2-160k_ade20k-512x512.py.
 _base_ = ['./efficientvit-b1_seg_8xb2-160k_ade20k-512x512.py']
 
-pretrained = 'checkpoints/efficientvit_l2_r384.pt'
+pretrained = 'evit://efficientvit_l2.r384'  # MIT's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 model = dict(
     backbone=dict(type='EfficientViTL', arch='l2', norm_eps=1e-7, init_cfg=dict(checkpoint=pretrained)),
     decode_head=dict(  # the reference's l2_ade20k head

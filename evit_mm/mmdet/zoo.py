@@ -28,7 +28,7 @@ def build_detector(config: str, **cfg_options):
     from ..models.convert_msra import cream_detector_to_evit_mm
     from ..runner_loading import cream_detector_format, load_strict
 
-    register_all_modules(init_default_scope=True)
+    register_all_modules(init_default_scope=False)  # imports mmdet's modules; the caller's scope stays
     cfg = Config.fromfile(_config_path(config))
     cfg.model.backbone.pop('init_cfg', None)
     cfg.model.update(cfg_options)

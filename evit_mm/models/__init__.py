@@ -5,8 +5,11 @@
 - ``seg_head``: the EfficientViT segmentation head; ``sam``: EfficientViT-SAM; ``sr``: super-resolution;
 - ``contract``: what every model shares (stage numbering, freezing, ``fuse()``/``is_fused``, ``load_pretrained``);
 - ``convert_msra`` / ``convert_mit``: every published checkpoint layout of each family, converted;
+- ``registry`` / ``hub``: every model by name (``create_model``, ``list_models``) and its published weights,
+  downloaded, checked and cached;
 - ``checkpoint`` / ``fuse`` / ``layers``: strict loading with a key diff, BatchNorm folding, shared layers.
 """
+from .registry import create_model, get_entry, list_models
 from .checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_strict, read_checkpoint, strip_prefix
 from .efficientvit_mit import (EfficientViTB, EfficientViTL, build_efficientvit_backbone, convert_mit_state_dict,
                                detect_mit_format, efficientvit_b0, efficientvit_b1, efficientvit_b2,
@@ -18,6 +21,7 @@ from .efficientvit_msra_fpn import EfficientViTFPN
 from .seg_head import SEG_HEAD_CONFIGS, EfficientViTSeg, EfficientViTSegHead, seg_head_config
 
 __all__ = [
+    'create_model', 'list_models', 'get_entry',
     'CheckpointMismatchError', 'LoadReport', 'load_state_dict_strict', 'read_checkpoint', 'strip_prefix',
     'EfficientViTM', 'EfficientViTFPN', 'convert_msra_state_dict',
     'efficientvit_m0', 'efficientvit_m1', 'efficientvit_m2', 'efficientvit_m3', 'efficientvit_m4', 'efficientvit_m5',

@@ -102,6 +102,9 @@ def is_checkpoint_file(path: str) -> Optional[str]:
         return None if any(n.endswith('data.pkl') for n in names) else 'it is a zip file but not a PyTorch checkpoint'
     with open(path, 'rb') as f:
         head = f.read(16)
+    if head.startswith(b'PK\x03\x04'):
+        return (f'it is truncated: a zip archive ({size} bytes) without its end, as an interrupted download leaves '
+                'it')
     if path.endswith('.safetensors') and size > 8:
         header = int.from_bytes(head[:8], 'little')
         return None if 8 + header <= size else 'its safetensors header points past the end (truncated)'
@@ -160,14 +163,20 @@ def _local_copy(weights: Weights) -> Optional[str]:
     return None
 
 
-def _download_hf(weights: Weights, progress: bool) -> str:
-    from huggingface_hub import hf_hub_download
-    repo, filename = weights.hf_file
-    # read at call time (huggingface_hub reads its variables once, at import)
-    cache = os.environ.get('HF_HUB_CACHE') or osp.join(
+def _hf_cache() -> str:
+    """The Hugging Face hub cache, read at call time (huggingface_hub reads its variables once, at import)."""
+    return os.environ.get('HF_HUB_CACHE') or osp.join(
         os.environ.get('HF_HOME') or osp.join(os.environ.get('XDG_CACHE_HOME') or osp.expanduser('~/.cache'),
                                               'huggingface'), 'hub')
-    path = hf_hub_download(repo, filename, cache_dir=cache, endpoint=os.environ.get('HF_ENDPOINT') or None,
+
+
+def _download_hf(weights: Weights) -> str:
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    repo, filename = weights.hf_file
+    cached = try_to_load_from_cache(repo, filename, cache_dir=_hf_cache())
+    if isinstance(cached, str) and osp.isfile(cached):  # a cache hit sends no request at all (timm's behaviour)
+        return cached
+    path = hf_hub_download(repo, filename, cache_dir=_hf_cache(), endpoint=os.environ.get('HF_ENDPOINT') or None,
                            local_files_only=_offline())
     try:
         _verify(path, weights, weights.url)
@@ -216,7 +225,7 @@ def fetch(weights: Weights, name: str = '', progress: Optional[bool] = None) -> 
             url = endpoint + weights.url[len(_HF_HOST) - 1:]
     try:
         if weights.hf_file:
-            return _download_hf(weights, progress)
+            return _download_hf(weights)
         if _offline():
             raise OSError('offline mode: no download was tried')
         return _download_torch_hub(weights, url, progress)

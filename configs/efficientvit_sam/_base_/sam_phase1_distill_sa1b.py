@@ -4,7 +4,7 @@
 _base_ = ['./sam_training_runtime.py']
 
 # the teacher: read by tools/sam_cache_teacher_embeddings.py (and by the model when run online, see the docs)
-teacher = dict(arch='vit_h', checkpoint='checkpoints/sam_vit_h_4b8939.pth')
+teacher = dict(arch='vit_h', checkpoint='evit://sam_vit_h')  # sam_vit_h_4b8939.pth, fetched and sha256-checked
 embedding_cache = 'data/sa1b_teacher_vit_h'
 image_size = 512  # student input (L0-L2); the teacher's is 1024
 
