@@ -18,10 +18,19 @@ mmengine 0.10.7's ``CheckpointHook`` has three weaknesses that this module fixes
   training runs with the generators saved and restored around it, so that the training stream does not depend on
   whether the run was validated (the checkpoint is written before the validation that follows it).
 
+Two more guards, because the checkpoint hook is the one hook every mmengine run has:
+
+- resuming from a checkpoint whose weights hold NaN or inf is refused with the message of ``load_from``
+  (:func:`evit_mm.runner_loading.check_finite_checkpoint`); ``allow_nonfinite=True`` (``tools/train.py
+  --allow-nonfinite``) resumes anyway;
+- a non-finite training loss stops the run (:class:`NonFiniteLossError`, naming the iteration) before the
+  diverged weights are saved; ``default_hooks.checkpoint.check_finite_loss=False`` lets it go on.
+
 Importing this module registers the hook in mmengine's ``HOOKS`` under ``AtomicCheckpointHook`` and, with
-``force=True``, under ``CheckpointHook``, so every config's ``default_hooks.checkpoint`` gets it (the evit_mm
-adapters import it). What stays out of reach: the random state of *persistent* dataloader workers lives in the
-worker processes; see docs/efficientvit_m.md ("Checkpoints and resuming").
+``force=True``, under ``CheckpointHook``, so every config's ``default_hooks.checkpoint`` gets it, in every scope.
+:func:`evit_mm.compat.apply_all` imports it, and every way into evit_mm calls that (the mmdet/mmseg/mmagic
+adapters, ``evit_mm.sam.training``, the tools). What stays out of reach: the random state of *persistent*
+dataloader workers lives in the worker processes; see docs/efficientvit_m.md ("Checkpoints and resuming").
 """
 from __future__ import annotations
 
@@ -33,6 +42,8 @@ import random
 import re
 import zipfile
 
+import math
+
 import numpy as np
 import torch
 from mmengine.dist import all_gather_object, get_dist_info, is_main_process
@@ -42,12 +53,16 @@ from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 
-__all__ = ['AtomicCheckpointHook', 'find_resume_checkpoint', 'is_loadable_checkpoint', 'rng_state',
-           'set_rng_state', 'atomic_write_text', 'RNG_KEY']
+__all__ = ['AtomicCheckpointHook', 'NonFiniteLossError', 'find_resume_checkpoint', 'is_loadable_checkpoint',
+           'rng_state', 'set_rng_state', 'atomic_write_text', 'RNG_KEY']
 
 #: Checkpoint key of the generator states: a list with one :func:`rng_state` per rank.
 RNG_KEY = 'evit_mm_rng_states'
 _STEP_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the iteration."""
 
 
 # ----------------------------------------------------------------------------------------------- generator states
@@ -175,10 +190,16 @@ class AtomicCheckpointHook(CheckpointHook):
     """mmengine's ``CheckpointHook`` (same arguments) with atomic local saves, deletions after the new checkpoint
     is complete, an atomic ``last_checkpoint``, a ``--resume`` that survives a bad ``last_checkpoint``, and the
     random generators' states saved in and restored from the checkpoint. Remote ``out_dir`` backends are saved
-    as mmengine does."""
+    as mmengine does.
 
-    def __init__(self, *args, **kwargs):
+    Two arguments of its own: ``check_finite_loss=True`` stops the run with a :class:`NonFiniteLossError` when the
+    training loss is NaN or inf (before anything is saved); ``allow_nonfinite=False`` refuses to resume from NaN/inf
+    weights (:func:`evit_mm.runner_loading.check_finite_checkpoint`).
+    :func:`evit_mm.runner_loading.use_checked_loading` sets the latter from ``tools/train.py --allow-nonfinite``."""
+
+    def __init__(self, *args, check_finite_loss: bool = True, allow_nonfinite: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.check_finite_loss, self.allow_nonfinite = bool(check_finite_loss), bool(allow_nonfinite)
         self._gathered_rng = None  # every rank's state, gathered for the checkpoint being written
         self._resumed_rng = None  # (iteration, states) read from the checkpoint resumed from
         self._val_rng = None
@@ -206,6 +227,11 @@ class AtomicCheckpointHook(CheckpointHook):
                 os.remove(stale)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        # Runner.resume calls this before it loads the weights; load_from (Runner.load_checkpoint) is checked by
+        # evit_mm.runner_loading, and mmengine's own load_from stays as mmengine has it
+        if getattr(runner, '_resume', False) and not self.allow_nonfinite:
+            from evit_mm.runner_loading import check_finite_checkpoint
+            check_finite_checkpoint(checkpoint, str(getattr(runner, '_load_from', None) or 'the checkpoint'))
         states = checkpoint.get(RNG_KEY)
         if states is not None:
             self._resumed_rng = (checkpoint.get('meta', {}).get('iter'), states)
@@ -244,6 +270,26 @@ class AtomicCheckpointHook(CheckpointHook):
         if self._val_rng is not None:
             set_rng_state(self._val_rng)
             self._val_rng = None
+
+    # ------------------------------------------------------------------------------------ diverged training
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.check_finite_loss:
+            self._check_loss(runner, outputs)
+        super().after_train_iter(runner, batch_idx, data_batch=data_batch, outputs=outputs)
+
+    def _check_loss(self, runner, outputs) -> None:
+        loss = outputs.get('loss') if isinstance(outputs, dict) else None
+        if loss is None:
+            return
+        value = float(loss.detach().float().sum()) if isinstance(loss, torch.Tensor) else float(loss)
+        if math.isfinite(value):
+            return
+        last = self.last_ckpt or runner.message_hub.get_info('last_ckpt')
+        raise NonFiniteLossError(
+            f'the training loss is {value} at iteration {runner.iter + 1} (epoch {runner.epoch + 1}): the run '
+            f'diverged, and it stops here, before its NaN/inf weights are saved (last checkpoint: {last or "none"}). '
+            'Lower the learning rate, clip gradients (optim_wrapper.clip_grad), check the data, then resume; '
+            'default_hooks.checkpoint.check_finite_loss=False lets such a run go on')
 
     # ---------------------------------------------------------------------------------------------- saving
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

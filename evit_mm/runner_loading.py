@@ -21,14 +21,29 @@ from __future__ import annotations
 import os.path as osp
 from collections import OrderedDict
 
-from evit_mm.models.checkpoint import CheckpointMismatchError, format_key_diff, strip_prefix, unwrap_state_dict
+from evit_mm.models.checkpoint import (CheckpointMismatchError, NonFiniteWeightsError, check_finite, format_key_diff,
+                                       strip_prefix, unwrap_state_dict)
 from evit_mm.models.efficientvit_msra import EfficientViTM, cream_detector_to_evit_mm, detect_msra_format
 
 __all__ = ['CONVERTER', 'cream_detector_format', 'convert_cream_detector', 'model_state_dict', 'load_strict',
-           'load_checkpoint_checked', 'use_checked_loading']
+           'load_checkpoint_checked', 'use_checked_loading', 'check_finite_checkpoint', 'NONFINITE_OVERRIDE']
 
 #: The command that converts an official EfficientViT-M (Cream) checkpoint once, named in the error messages.
 CONVERTER = 'python tools/convert_efficientvit_msra.py'
+#: How to load or resume from a checkpoint with NaN/inf weights anyway (named in the refusal).
+NONFINITE_OVERRIDE = '--allow-nonfinite (allow_nonfinite=True) loads it anyway'
+
+
+def check_finite_checkpoint(checkpoint, filename: str) -> None:
+    """Refuse a checkpoint whose weights (its ``state_dict``, or the dict itself) hold NaN or inf: a
+    :class:`~evit_mm.models.checkpoint.NonFiniteWeightsError` naming the file, the keys and the override. The one
+    check behind ``load_from`` (:func:`load_checkpoint_checked`) and ``--resume``
+    (:class:`evit_mm.engine.AtomicCheckpointHook`)."""
+    state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    try:
+        check_finite(state_dict, filename)
+    except NonFiniteWeightsError as err:
+        raise NonFiniteWeightsError(f'{err}; {NONFINITE_OVERRIDE}', err.keys) from None
 
 
 def cream_detector_format(state_dict) -> str | None:
@@ -121,7 +136,6 @@ def load_checkpoint_checked(runner, filename: str, strict: bool = True, allow_no
     if cream_detector_format(state_dict):
         state_dict = convert_cream_detector(model, state_dict, filename)
     if not allow_nonfinite:
-        from evit_mm.engine import check_finite_checkpoint
         check_finite_checkpoint(state_dict, filename)
     if not strict:
         load_state_dict(model, state_dict, strict=False, logger='current')
@@ -140,9 +154,8 @@ def use_checked_loading(runner, strict: bool = True, allow_nonfinite: bool = Fal
     resuming (``resume=True``) keeps mmengine's own loading, whose NaN/inf check (the runner's
     :class:`~evit_mm.engine.AtomicCheckpointHook`) follows ``allow_nonfinite`` too.
     """
-    from evit_mm.engine import AtomicCheckpointHook
-    for hook in runner.hooks:
-        if isinstance(hook, AtomicCheckpointHook):
+    for hook in getattr(runner, 'hooks', ()):
+        if hasattr(hook, 'allow_nonfinite'):  # evit_mm.engine.AtomicCheckpointHook
             hook.allow_nonfinite = allow_nonfinite
     original = runner.load_checkpoint
 

@@ -12,5 +12,13 @@ __all__ = ['apply_all', 'prepare_cpu_distributed', 'patch_mmengine_checkpoint', 
 
 
 def apply_all() -> None:
-    """Apply every compatibility fix whose library is importable. Safe to call many times."""
+    """Apply every compatibility fix whose library is importable, and install evit_mm's checkpoint hook
+    (:mod:`evit_mm.engine`: atomic saves, random-generator states, refused NaN resumes and losses) as every
+    scope's ``CheckpointHook``. Safe to call many times.
+
+    Every way into evit_mm calls this: the adapters (``evit_mm.mmdet`` / ``mmseg`` / ``mmagic``, through
+    ``evit_mm.mm_common``), ``evit_mm.sam.training`` and the tools, so a Runner built from any evit_mm config, by
+    evit_mm's tools or by ``mim`` (the configs' ``custom_imports``), gets the same hook whatever its library.
+    """
     patch_mmengine_checkpoint()
+    from .. import engine  # noqa: F401  (importing it registers the hook in mmengine's root HOOKS)

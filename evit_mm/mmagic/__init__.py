@@ -17,7 +17,6 @@ No compatibility fix specific to mmagic was needed on this stack (numpy 1.26 is 
 """
 from mmagic.registry import MODELS
 
-from .. import engine  # noqa: F401  (atomic checkpoints and reproducible resumes for every CheckpointHook)
 from ..mm_common import mm_module
 from ..models import sr
 

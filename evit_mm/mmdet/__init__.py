@@ -14,7 +14,6 @@ its anchor/RoI strides disagree (see ``stride_check``).
 """
 from mmdet.registry import MODELS
 
-from .. import engine  # noqa: F401  (atomic checkpoints and reproducible resumes for every CheckpointHook)
 from ..mm_backbones import register_backbones
 from ..mm_common import mm_module
 from ..models import efficientvit_msra_fpn

@@ -19,7 +19,6 @@ decay on norms/biases, together). See docs/efficientvit_seg.md.
 """
 from mmseg.registry import MODELS
 
-from .. import engine  # noqa: F401  (atomic checkpoints and reproducible resumes for every CheckpointHook)
 from ..mm_backbones import register_backbones
 from .decode_head import EfficientViTSegDecodeHead
 from .optim import EfficientViTOptimWrapperConstructor

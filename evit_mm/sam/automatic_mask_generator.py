@@ -13,8 +13,9 @@ reference does; the reference's demo uses ``pred_iou_thresh=0.8, stability_score
 Fixed against ``SamAutomaticMaskGenerator``: settings that crashed later (``points_per_side``, ``points_per_batch``,
 ``crop_n_points_downscale_factor`` < 1, ``crop_n_layers`` < 0, a crop layer left with 0 points per side) raise
 ``ValueError`` up front; with ``crop_n_layers >= 1``, crops in which no mask passes the thresholds no longer make
-``generate`` raise ``IndexError`` (no mask at all gives ``[]``). One generator can be shared by threads (the
-predictor's image state is per thread).
+``generate`` raise ``IndexError`` (no mask at all gives ``[]``), and the crops of zero width or height that
+segment_anything's crop grid gives an image 1 or 2 pixels high or wide are skipped. One generator can be shared
+by threads (the predictor's image state is per thread).
 """
 from __future__ import annotations
 
@@ -82,6 +83,11 @@ class EfficientViTSamAutomaticMaskGenerator(SamAutomaticMaskGenerator):
 
     def _process_crop(self, image: np.ndarray, crop_box: List[int], crop_layer_idx: int,
                       orig_size: Tuple[int, ...]) -> MaskData:
+        x0, y0, x1, y1 = crop_box
+        if x1 <= x0 or y1 <= y0:
+            # segment_anything's crop grid of a tiny image (1 or 2 pixels a side) has crops of zero width or
+            # height: no pixel, so no mask (the predictor would refuse the empty image)
+            return MaskData()
         data = super()._process_crop(image, crop_box, crop_layer_idx, orig_size)
         if len(data['rles']) == 0:
             # SAM builds the crop boxes with torch.tensor([]) here: shape (0,), which the NMS across crops

@@ -11,6 +11,11 @@ Layout of a cache folder (written by ``tools/sam_cache_teacher_embeddings.py``):
   an interrupted run resumes by skipping the shards that exist.
 
 ViT-H embeddings take 2 MiB per image in float16 (4 MiB in float32; 256 x 64 x 64 values).
+
+Opening a cache (:class:`EmbeddingCache`) checks every shard's arrays against ``meta.json`` by their ``.npy``
+headers and sizes (no data is read): a truncated file, a shard of another shape (e.g. a 32x32 teacher grid in a
+cache of 64x64 targets) or dtype, or one row count that does not match its index stops with a
+:class:`BadCacheShard` error naming the file and the command that rebuilds that shard.
 """
 from __future__ import annotations
 
@@ -21,9 +26,15 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ['EmbeddingCache', 'shard_files', 'write_shard', 'read_meta', 'write_meta']
+__all__ = ['EmbeddingCache', 'BadCacheShard', 'shard_files', 'write_shard', 'read_meta', 'write_meta',
+           'rebuild_command']
 
 META = 'meta.json'
+TOOL = 'tools/sam_cache_teacher_embeddings.py'
+
+
+class BadCacheShard(ValueError):
+    """A shard of a teacher-embedding cache does not match its ``meta.json`` (truncated, wrong shape or dtype)."""
 
 
 def shard_files(root: str, k: int) -> Dict[str, str]:
@@ -77,6 +88,55 @@ def write_meta(root: str, meta: dict) -> None:
     os.replace(tmp, path)
 
 
+def rebuild_command(root: str, k: int, meta: dict) -> str:
+    """The commands that rebuild shard ``k`` of the cache in ``root`` alone: delete its files, then run the cache
+    tool on that one shard (``--part k --num-parts <number of shards>`` selects exactly shard ``k``)."""
+    num_shards = -(-int(meta['num_images']) // int(meta['shard_size']))
+    flags = f"--shard-size {meta['shard_size']} --dtype {meta['dtype']}" + (' --hflip' if meta.get('hflip') else '')
+    base = osp.join(root, f'shard_{k:06d}')
+    return (f'rm -f {base}.npy {base}_hflip.npy {base}.json && python {TOOL} CONFIG --out {root} {flags} '
+            f'--part {k} --num-parts {num_shards}   (CONFIG: the phase-1 config the cache was built with, '
+            f'teacher {meta.get("teacher", "?")})')
+
+
+def _npy_header(path: str):
+    """``(shape, dtype, data offset)`` from a ``.npy`` file's header, without reading its data."""
+    with open(path, 'rb') as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        return tuple(shape), dtype, f.tell()
+
+
+def check_shard(root: str, k: int, meta: dict, rows: int) -> None:
+    """Raise :class:`BadCacheShard` (naming the file, what is wrong and the rebuild command) unless shard ``k``'s
+    arrays are ``(rows, *meta['shape'])`` of ``meta['dtype']`` and their files are complete."""
+    files = shard_files(root, k)
+    expected_shape, expected_dtype = (rows, *(int(d) for d in meta['shape'])), np.dtype(meta['dtype'])
+    for kind in ('emb', 'hflip') if meta.get('hflip') else ('emb', ):
+        path = files[kind]
+        problem = None
+        if not osp.isfile(path):
+            problem = 'is missing (its index json exists)'
+        else:
+            try:
+                shape, dtype, offset = _npy_header(path)
+            except (ValueError, OSError, SyntaxError) as err:
+                problem = f'is not a readable .npy file ({err})'
+            else:
+                size, needed = os.path.getsize(path), offset + int(np.prod(shape)) * dtype.itemsize
+                if shape != expected_shape:
+                    problem = (f'holds an array of shape {shape}, but {META} says {expected_shape} ({rows} images of '
+                               f'the {"x".join(str(d) for d in meta["shape"])} teacher embedding)')
+                elif dtype != expected_dtype:
+                    problem = f'holds {dtype}, but {META} says {expected_dtype}'
+                elif size < needed:
+                    problem = f'is truncated: {size} bytes, {needed} needed for {shape} {dtype}'
+        if problem:
+            raise BadCacheShard(f'teacher-embedding cache {root}: {path} {problem}. Rebuild that shard:\n  '
+                                + rebuild_command(root, k, meta))
+
+
 class EmbeddingCache:
     """Read access to a cache folder: ``cache.get(img_id)`` -> ``{'teacher_embedding': array(, 'teacher_embedding
     _hflip': array)}``. Shards are memory-mapped on first use in each process (the object pickles without
@@ -95,8 +155,10 @@ class EmbeddingCache:
                 k += 1
                 continue
             with open(files['index']) as f:
-                for row, img_id in enumerate(json.load(f)['ids']):
-                    self.index[str(img_id)] = (k, row)
+                ids = json.load(f)['ids']
+            check_shard(root, k, self.meta, len(ids))
+            for row, img_id in enumerate(ids):
+                self.index[str(img_id)] = (k, row)
             k += 1
         self._maps: Dict[Tuple[int, str], np.ndarray] = {}
 
@@ -118,7 +180,12 @@ class EmbeddingCache:
     def _array(self, k: int, kind: str) -> np.ndarray:
         key = (k, kind)
         if key not in self._maps:
-            self._maps[key] = np.load(shard_files(self.root, k)[kind], mmap_mode='r')
+            path = shard_files(self.root, k)[kind]
+            try:
+                self._maps[key] = np.load(path, mmap_mode='r')
+            except (ValueError, OSError) as err:  # changed since the cache was opened
+                raise BadCacheShard(f'teacher-embedding cache {self.root}: {path} cannot be read ({err}). Rebuild '
+                                    f'that shard:\n  {rebuild_command(self.root, k, self.meta)}') from None
         return self._maps[key]
 
     def get(self, img_id) -> Dict[str, np.ndarray]:

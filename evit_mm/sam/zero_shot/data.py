@@ -40,6 +40,7 @@ ISSUE_KINDS = {
                             'the image)',
     'malformed_annotation': 'annotation missing a key (id, image_id, bbox, segmentation, area)',
     'annotation_unknown_image': 'annotation whose image_id is not in "images"',
+    'annotation_unknown_category': 'annotation whose category_id is missing or not in "categories"',
     'empty_mask': 'annotation whose segmentation decodes to no pixel',
     'box_outside_image': 'prompt box that lies entirely outside its image',
     'missing_image': 'image file not found on disk',
@@ -55,7 +56,12 @@ ISSUE_KINDS = {
 
 #: Issues that remove an annotation from the prompts *and* from the ground truth of the AP modes.
 GT_DROPPING = ('zero_area', 'degenerate_box', 'empty_segmentation', 'invalid_segmentation', 'malformed_annotation',
-               'annotation_unknown_image')
+               'annotation_unknown_image', 'annotation_unknown_category')
+
+#: The fields the ``lvis`` package's evaluation reads from every image / category of an LVIS json (a file without
+#: them would end a run with a bare ``KeyError`` after every image was processed).
+LVIS_IMAGE_FIELDS = ('not_exhaustive_category_ids', 'neg_category_ids')
+LVIS_CATEGORY_FIELDS = ('frequency', )
 
 
 class IssueLog:
@@ -151,6 +157,22 @@ def detect_kind(data: Dict[str, Any]) -> str:
     return 'coco'
 
 
+def check_lvis_fields(data: Dict[str, Any], ann_file: str) -> None:
+    """Raise ``ValueError`` naming every LVIS field that some image or category of ``data`` lacks (with the count
+    and a first example), before any image is processed."""
+    problems = []
+    for section, fields in (('images', LVIS_IMAGE_FIELDS), ('categories', LVIS_CATEGORY_FIELDS)):
+        for field in fields:
+            lacking = [entry.get('id', f'#{i}') for i, entry in enumerate(data[section]) if field not in entry]
+            if lacking:
+                problems.append(f'{len(lacking)} of the {len(data[section])} {section} lack "{field}" '
+                                f'(e.g. id {lacking[0]})')
+    if problems:
+        raise ValueError(f'{ann_file} is read as an LVIS json, but ' + '; '.join(problems) + '. The LVIS '
+                         'evaluation needs these fields (lvis_v1_val.json has them); for a COCO-format file pass '
+                         "kind='coco' (tools/eval_sam_zero_shot.py --dataset coco)")
+
+
 def _load_json(path: str, what: str):
     if not osp.isfile(path):
         raise FileNotFoundError(f'{what} not found: {path}')
@@ -192,6 +214,8 @@ class ZeroShotDataset:
             kind = detect_kind(data)
         if kind not in ('coco', 'lvis'):
             raise ValueError(f"kind must be 'coco', 'lvis' or 'auto', got {kind!r}")
+        if kind == 'lvis':
+            check_lvis_fields(data, ann_file)
         self.kind, self.data = kind, data
         self.images: Dict[int, Dict[str, Any]] = {}
         for i, img in enumerate(data['images']):
@@ -202,6 +226,7 @@ class ZeroShotDataset:
             self.images[img['id']] = img
         self.image_ids = sorted(self.images)
         self.category_ids = sorted(c['id'] for c in data['categories'])
+        self._category_set = set(self.category_ids)
         self.issues = IssueLog()
         self.anns_by_image: Dict[int, List[Dict[str, Any]]] = {i: [] for i in self.image_ids}
         self.dropped_ann_ids: set = set()
@@ -226,6 +251,9 @@ class ZeroShotDataset:
             return 'malformed_annotation', f'{where}: missing {lacking}: skipped'
         if ann['image_id'] not in self.images:
             return 'annotation_unknown_image', f'{where}: image_id {ann["image_id"]} is not in "images": skipped'
+        if ann.get('category_id') not in self._category_set:
+            return ('annotation_unknown_category',
+                    f'{where}: category_id {ann.get("category_id")!r} is not in "categories": skipped')
         box = _box_problem(ann['bbox'])
         if box is not None:
             return 'degenerate_box', f'{where}: {box}: skipped'
