@@ -13,8 +13,9 @@ unless ``--static-batch``.
 The exported graph is the model's deploy form (``evit_mm.deploy``, NCHW: BatchNorms folded, constant attention
 biases) unless ``--no-deploy``. Unless ``--no-check``, the file is run in onnxruntime and compared with the
 eval-mode PyTorch model; the tool exits with status 1 if an output differs by more than ``--atol``.
-``--checkpoint``: official / timm / evit_mm weights (read with the models' strict loaders); without it the weights
-are random (fine for checking the export). For EfficientViT-SAM use tools/sam_export_onnx.py.
+``--pretrained``: the published weights of MODEL (downloaded once, docs/model_zoo.md); ``--checkpoint``: official /
+timm / evit_mm weights, a path, URL or ``evit://NAME`` (read with the models' strict loaders); with neither the
+weights are random (fine for checking the export). For EfficientViT-SAM use tools/sam_export_onnx.py.
 """
 from __future__ import annotations
 
@@ -25,31 +26,20 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def build(name: str, checkpoint: str | None):
-    from evit_mm.models import EfficientViTM, EfficientViTSeg, build_efficientvit_backbone
-    from evit_mm.models.efficientvit_mit import MIT_BACKBONE_ARCHS
-    from evit_mm.models.seg_head import SEG_HEAD_CONFIGS
-    key = name.lower().replace('-', '_')
-    short = key.replace('efficientvit_seg_', '').replace('efficientvit_', '')
-    if key.startswith('efficientvit_seg_') or short in SEG_HEAD_CONFIGS:
-        if short not in SEG_HEAD_CONFIGS:
-            raise SystemExit(f'error: unknown segmentation model {name!r}; known: '
-                             + ', '.join(f'efficientvit_seg_{k}' for k in SEG_HEAD_CONFIGS))
-        model = EfficientViTSeg(short)
-        if checkpoint:
-            model.load_pretrained(checkpoint)
-        return model, (512, 1024)
-    if short in ('m0', 'm1', 'm2', 'm3', 'm4', 'm5'):
-        model = EfficientViTM(short)
-    elif short in MIT_BACKBONE_ARCHS:
-        model = build_efficientvit_backbone(short)
-    else:
-        raise SystemExit(f'error: unknown model {name!r}; known: efficientvit_m0..m5, '
-                         + ', '.join(f'efficientvit_{k}' for k in MIT_BACKBONE_ARCHS)
-                         + ', efficientvit_seg_<config> (' + ', '.join(SEG_HEAD_CONFIGS) + ')')
-    if checkpoint:
-        model.load_pretrained(checkpoint)
-    return model, (224, 224)
+def build(name: str, checkpoint: str | None, pretrained: bool = False):
+    """The registry model ``name`` (a backbone or a segmentation model) and its default traced size."""
+    from evit_mm.models.registry import create_model, get_entry, list_models
+    try:
+        entry = get_entry(name)
+    except KeyError as err:
+        raise SystemExit(f'error: {err.args[0]}') from None
+    families = ('efficientvit_m', 'efficientvit_b', 'efficientvit_l', 'efficientvit_xl', 'efficientvit_seg')
+    if entry.family not in families:
+        raise SystemExit(f'error: {entry.name} is not a backbone or a segmentation model; this tool exports '
+                         + ', '.join(n for n in list_models() if get_entry(n).family in families)
+                         + ' (EfficientViT-SAM: tools/sam_export_onnx.py)')
+    model = create_model(entry.name, pretrained=checkpoint or pretrained)
+    return model, ((512, 1024) if entry.family == 'efficientvit_seg' else (224, 224))
 
 
 def main(argv=None) -> int:
@@ -57,7 +47,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('model')
     ap.add_argument('out')
-    ap.add_argument('--checkpoint', help='weights to load (default: random)')
+    ap.add_argument('--checkpoint', help='weights to load: a path, a URL or evit://NAME (default: random)')
+    ap.add_argument('--pretrained', action='store_true', help='the published weights of MODEL (docs/model_zoo.md)')
     ap.add_argument('--img-size', type=int, nargs='+', metavar='N', help='H [W] of the traced input')
     ap.add_argument('--batch-size', type=int, default=1, help='batch of the traced input (default 1)')
     ap.add_argument('--static-batch', action='store_true', help='fixed batch instead of a dynamic one')
@@ -70,7 +61,7 @@ def main(argv=None) -> int:
         ap.error('--img-size takes H or H W')
 
     from evit_mm.onnx import export_onnx
-    model, size = build(args.model, args.checkpoint)
+    model, size = build(args.model, args.checkpoint, args.pretrained)
     if args.img_size:
         size = (args.img_size[0], args.img_size[-1])
     try:

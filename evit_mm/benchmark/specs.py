@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from evit_mm.models.registry import create_model, get_entry, list_models
+
 
 def _deploy(model: nn.Module) -> nn.Module:
     import evit_mm.deploy
@@ -69,8 +71,7 @@ def _mit_weights_from_timm(model: LastFeature, timm_model: TimmFeatures) -> None
 
 def _efficientvit_m_backbone(arch: str) -> Callable[[], nn.Module]:
     def build():
-        from evit_mm.models.efficientvit_msra import EfficientViTM
-        return EfficientViTM(arch)  # as the detection configs build it: out_indices (1, 2, 3), window 7
+        return create_model(f'efficientvit_{arch}')  # as the detection configs build it: out_indices 1-3, window 7
     return build
 
 
@@ -287,8 +288,7 @@ def _mit_spec(arch: str, timm_available: bool) -> ModelSpec:
     family = 'efficientvit_b' if arch.startswith('b') else 'efficientvit_l'
 
     def build(size, arch=arch):
-        from evit_mm.models import build_efficientvit_backbone
-        return LastFeature(build_efficientvit_backbone(arch, out_indices=(-1,))).eval()
+        return LastFeature(create_model(f'efficientvit_{arch}', out_indices=(-1,))).eval()
 
     def timm_build(size, arch=arch):
         import timm
@@ -305,8 +305,7 @@ def _mit_spec(arch: str, timm_available: bool) -> ModelSpec:
 
 def _seg_spec(arch: str) -> ModelSpec:
     def build(size, arch=arch):
-        from evit_mm.models import EfficientViTSeg
-        return EfficientViTSeg(f'{arch}_cityscapes').eval()
+        return create_model(f'efficientvit_seg_{arch}_cityscapes').eval()
 
     return ModelSpec(name=f'efficientvit_seg_{arch}', family='efficientvit_seg',
                      label=f'EfficientViT-Seg-{arch.upper()}', build=build, input_size=(512, 1024), cpu_batch=1,
@@ -315,10 +314,9 @@ def _seg_spec(arch: str) -> ModelSpec:
 
 def _sam_spec(variant: str) -> ModelSpec:
     def build(size, variant=variant):
-        from evit_mm.models.sam import build_efficientvit_sam
-        return build_efficientvit_sam(variant, image_size=size[0]).image_encoder.eval()
+        return create_model(f'efficientvit_sam_{variant}', image_size=size[0]).image_encoder.eval()
 
-    size = 1024 if variant.startswith('xl') else 512
+    size = get_entry(f'efficientvit_sam_{variant}').input_size
     return ModelSpec(name=f'efficientvit_sam_{variant}', family='efficientvit_sam',
                      label=f'EfficientViT-SAM-{variant.upper()}', build=build, input_size=(size, size), cpu_batch=1,
                      peers=('sam_vit_b', 'sam_vit_h'), paper=_PAPER_SAM[variant])
@@ -328,8 +326,7 @@ def _sr_spec(preset: str, width: float) -> ModelSpec:
     """EfficientViT-SR x2: ``lightweight`` (efficientvit_sr_x2) or ``highres`` (efficientvit_sr_highres_x2), at
     width 1.0 or 0.75 (``_w0.75``)."""
     def build(size, preset=preset, width=width):
-        from evit_mm.models import sr
-        return getattr(sr, f'efficientvit_sr_{preset}')(2, width).eval()
+        return create_model(f'efficientvit_sr_{preset}_x2', width_mult=width).eval()
 
     highres, narrow = preset == 'highres', width != 1
     name = 'efficientvit_sr' + '_highres' * highres + '_x2' + (f'_w{width}' if narrow else '')
@@ -342,12 +339,18 @@ def _sr_available() -> bool:
     return osp.exists(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'models', 'sr.py'))
 
 
+def _archs(family: str, prefix: str, suffix: str = '') -> list[str]:
+    """The archs of a registry family (``efficientvit_b`` -> b0 .. b3), from the registry's names."""
+    return [n[len(prefix):len(n) - len(suffix)] for n in list_models(f'{prefix}*{suffix}')
+            if get_entry(n).family == family]
+
+
 def _all_specs() -> dict[str, ModelSpec]:
-    specs = [_m_spec(f'm{i}') for i in range(6)]
-    specs += [_mit_spec(a, True) for a in ('b0', 'b1', 'b2', 'b3')]
-    specs += [_mit_spec('l0', False)] + [_mit_spec(a, True) for a in ('l1', 'l2', 'l3')]
-    specs += [_seg_spec(a) for a in ('b0', 'b1', 'b2', 'b3', 'l1', 'l2')]
-    specs += [_sam_spec(v) for v in ('l0', 'l1', 'l2', 'xl0', 'xl1')]
+    specs = [_m_spec(a) for a in _archs('efficientvit_m', 'efficientvit_')]
+    specs += [_mit_spec(a, True) for a in _archs('efficientvit_b', 'efficientvit_')]
+    specs += [_mit_spec(a, a != 'l0') for a in _archs('efficientvit_l', 'efficientvit_')]  # timm has no L0
+    specs += [_seg_spec(a) for a in _archs('efficientvit_seg', 'efficientvit_seg_', '_cityscapes')]
+    specs += [_sam_spec(v) for v in _archs('efficientvit_sam', 'efficientvit_sam_')]
     if _sr_available():
         specs += [_sr_spec(p, w) for p in ('lightweight', 'highres') for w in (1.0, 0.75)]
     return {s.name: s for s in specs}

@@ -19,10 +19,24 @@ from typing import Dict, Hashable, List, Optional, Protocol, Tuple, runtime_chec
 import numpy as np
 
 __all__ = ['PromptableSegmenter', 'SamAdapter', 'OracleSegmenter', 'build_sam_model', 'SAM_MODEL_NAMES',
-           'box_iou_xyxy']
+           'sam_registry_name', 'box_iou_xyxy']
 
-#: Model names :func:`build_sam_model` knows: EfficientViT-SAM variants and segment-anything's SAMs.
-SAM_MODEL_NAMES = ('l0', 'l1', 'l2', 'xl0', 'xl1', 'sam_vit_b', 'sam_vit_l', 'sam_vit_h')
+#: Model names :func:`build_sam_model` knows (registry names; the short forms ``l0`` / ``vit_h`` work too).
+SAM_MODEL_NAMES = ('efficientvit_sam_l0', 'efficientvit_sam_l1', 'efficientvit_sam_l2', 'efficientvit_sam_xl0',
+                   'efficientvit_sam_xl1', 'sam_vit_b', 'sam_vit_l', 'sam_vit_h')
+
+
+def sam_registry_name(name: str) -> str:
+    """The registry name of a SAM-style model: ``'l0'``, ``'efficientvit-sam-l0'`` -> ``'efficientvit_sam_l0'``;
+    ``'vit_h'`` -> ``'sam_vit_h'``. Unknown names raise ``ValueError`` listing :data:`SAM_MODEL_NAMES`."""
+    key = str(name).strip().lower().replace('-', '_')
+    if key.startswith('vit_'):
+        key = 'sam_' + key
+    elif not key.startswith(('efficientvit_sam_', 'sam_vit_')):
+        key = 'efficientvit_sam_' + key.replace('efficientvit_', '').replace('sam_', '')
+    if key not in SAM_MODEL_NAMES:
+        raise ValueError(f'unknown SAM model {name!r}; known: {", ".join(SAM_MODEL_NAMES)}')
+    return key
 
 
 @runtime_checkable
@@ -40,24 +54,13 @@ class PromptableSegmenter(Protocol):
         (1 foreground, 0 background)."""
 
 
-def build_sam_model(name: str, checkpoint: Optional[str] = None, device: str = 'cpu'):
-    """A SAM-style model by name: EfficientViT-SAM ``'l0'`` ... ``'xl1'`` (also ``'efficientvit-sam-l0'``), or
-    segment-anything's ``'sam_vit_b'``/``'sam_vit_l'``/``'sam_vit_h'`` (also ``'vit_b'``...). Without
-    ``checkpoint`` the weights are random."""
-    key = name.lower().replace('-', '_')
-    if key.startswith('vit_') or key.startswith('sam_vit_'):
-        from segment_anything import sam_model_registry
-        arch = key.replace('sam_', '', 1)
-        if arch not in sam_model_registry or arch == 'default':
-            raise ValueError(f'unknown SAM model {name!r}; known: {", ".join(SAM_MODEL_NAMES)}')
-        model = sam_model_registry[arch](checkpoint=checkpoint)
-    else:
-        from ...models.sam import build_efficientvit_sam, normalize_variant
-        try:
-            normalize_variant(name)
-        except (KeyError, ValueError):
-            raise ValueError(f'unknown SAM model {name!r}; known: {", ".join(SAM_MODEL_NAMES)}') from None
-        model = build_efficientvit_sam(name, checkpoint)
+def build_sam_model(name: str, checkpoint: Optional[str] = None, device: str = 'cpu', pretrained: bool = False):
+    """A SAM-style model by registry name (:data:`SAM_MODEL_NAMES`; also ``'l0'``, ``'vit_h'``), in eval mode:
+    EfficientViT-SAM or segment-anything's SAM. ``checkpoint``: a path, a URL or an ``evit://`` name;
+    ``pretrained=True``: the published weights (downloaded once, see :mod:`evit_mm.models.hub`); neither: random
+    weights."""
+    from ...models.registry import create_model
+    model = create_model(sam_registry_name(name), pretrained=checkpoint or bool(pretrained))
     return model.to(device).eval()
 
 
