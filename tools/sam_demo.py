@@ -26,48 +26,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def load_image(spec: str) -> np.ndarray:
-    if spec.startswith('skimage:'):
-        import skimage.data
-        name = spec.split(':', 1)[1]
-        if not hasattr(skimage.data, name):
-            raise SystemExit(f'error: scikit-image has no sample image {name!r}')
-        return getattr(skimage.data, name)()
-    if not os.path.isfile(spec):
-        raise SystemExit(f'error: image not found: {spec}')
-    from PIL import Image
-    with Image.open(spec) as im:
-        return np.asarray(im)
-
-
-PALETTE = np.array([[30, 144, 255], [255, 99, 71], [50, 205, 50], [255, 215, 0], [186, 85, 211], [0, 206, 209],
-                    [255, 140, 0], [199, 21, 133], [127, 255, 0], [70, 130, 180]], np.float32)
-
-
-def overlay(rgb: np.ndarray, masks, alpha: float = 0.5) -> np.ndarray:
-    out = rgb.astype(np.float32).copy()
-    for i, m in enumerate(masks):
-        color = PALETTE[i % len(PALETTE)]
-        out[m] = (1 - alpha) * out[m] + alpha * color
-        # outline: mask pixels with a non-mask 4-neighbour
-        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
-        out[edge] = color
-    return out.clip(0, 255).astype(np.uint8)
-
-
-def draw_prompts(img: np.ndarray, points, labels, box) -> np.ndarray:
-    from PIL import Image, ImageDraw
-    im = Image.fromarray(img)
-    d = ImageDraw.Draw(im)
-    r = max(3, round(max(img.shape[:2]) / 150))
-    for (x, y), lab in zip(points, labels):
-        fill = (0, 255, 0) if lab == 1 else (255, 0, 0)
-        d.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=(255, 255, 255), width=max(1, r // 3))
-    if box is not None:
-        d.rectangle([float(v) for v in box], outline=(0, 255, 0), width=max(2, r // 2))
-    return np.asarray(im)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('image', help='image file or skimage:NAME')
@@ -92,6 +50,7 @@ def main(argv=None) -> int:
     import torch
     from evit_mm.sam import (EfficientViTSamAutomaticMaskGenerator, EfficientViTSamPredictor, as_rgb_uint8,
                              build_efficientvit_sam)
+    from evit_mm.sam.visualize import draw_prompts, load_image, overlay
 
     try:
         rgb = as_rgb_uint8(load_image(args.image))
