@@ -43,14 +43,15 @@ class SamTeacher(nn.Module):
 def build_sam_teacher(arch: Union[str, dict] = 'vit_h', checkpoint: Optional[str] = None,
                       init_seed: Optional[int] = 0) -> SamTeacher:
     """A :class:`SamTeacher`. ``arch``: ``'vit_h'``, ``'vit_l'``, ``'vit_b'`` or ``ImageEncoderViT`` kwargs.
-    ``checkpoint``: a SAM checkpoint (``sam_vit_h_4b8939.pth``; its ``image_encoder.*`` keys) or an encoder-only
-    state dict, loaded strictly; required for the named archs (a random ViT-H teaches nothing)."""
+    ``checkpoint``: a SAM checkpoint (``'evit://sam_vit_h'``, the published ``sam_vit_h_4b8939.pth`` fetched by name,
+    or a path; its ``image_encoder.*`` keys) or an encoder-only state dict, loaded strictly; required for the named
+    archs (a random ViT-H teaches nothing)."""
     if isinstance(arch, str):
         if arch not in ('vit_h', 'vit_l', 'vit_b'):
             raise ValueError(f"teacher arch must be 'vit_h', 'vit_l', 'vit_b' or a dict, got {arch!r}")
         if checkpoint is None:
-            raise ValueError(f'the {arch} teacher needs its SAM checkpoint (e.g. sam_{arch}_*.pth from '
-                             'segment-anything)')
+            raise ValueError(f'the {arch} teacher needs its SAM checkpoint: checkpoint=\'evit://sam_{arch}\' '
+                             f'(segment-anything\'s sam_{arch}_*.pth, downloaded once and sha256-checked) or a path')
         encoder = sam_model_registry[arch]().image_encoder
         name = f'sam_{arch}'
     else:
