@@ -13,8 +13,10 @@ VERSION = re.search(r"__version__ = '([^']+)'", (HERE / 'evit_mm' / 'version.py'
 
 # configs/ and tools/ are installed as evit_mm/.mim/configs and evit_mm/.mim/tools, where mim (`mim train
 # evit_mm ...`, `mim run evit_mm ...`) and mmengine (`Config.fromfile('evit_mm::efficientvit_m/...')`) look, as
-# OpenMMLab packages do: copied into wheels, symlinked into the source tree for editable installs.
+# OpenMMLab packages do: copied into wheels, symlinked into the source tree for editable installs. So is the
+# model-zoo index (`mim search evit_mm`, `mim download evit_mm --config ...`), whose metafiles are in configs/.
 MIM_DIRS = ('configs', 'tools')
+MIM_FILES = ('model-index.yml',)
 
 
 def _ignore(_, names):
@@ -22,8 +24,8 @@ def _ignore(_, names):
 
 
 def link_mim_dirs(root: Path = HERE) -> None:
-    """Make ``root/evit_mm/.mim/{configs,tools}`` relative symlinks to ``root/{configs,tools}`` (copies where the
-    file system has no symlinks). For editable installs, whose package is the source tree."""
+    """Make ``root/evit_mm/.mim/{configs,tools,model-index.yml}`` relative symlinks to those of ``root`` (copies
+    where the file system has no symlinks). For editable installs, whose package is the source tree."""
     mim = root / 'evit_mm' / '.mim'
     mim.mkdir(exist_ok=True)
     for name in MIM_DIRS:
@@ -40,10 +42,20 @@ def link_mim_dirs(root: Path = HERE) -> None:
             os.symlink(os.path.join('..', '..', name), dst, target_is_directory=True)
         except OSError:  # e.g. Windows without the symlink privilege
             shutil.copytree(src, dst, ignore=_ignore)
+    for name in MIM_FILES:
+        src, dst = root / name, mim / name
+        if not src.is_file() or (dst.is_symlink() and dst.resolve() == src.resolve()):
+            continue
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        try:
+            os.symlink(os.path.join('..', '..', name), dst)
+        except OSError:
+            shutil.copy2(src, dst)
 
 
 def copy_mim_dirs(package_dir: Path, root: Path = HERE) -> None:
-    """Copy ``root/{configs,tools}`` into ``package_dir/.mim/`` (the built package of a wheel)."""
+    """Copy ``root/{configs,tools,model-index.yml}`` into ``package_dir/.mim/`` (the built package of a wheel)."""
     for name in MIM_DIRS:
         src, dst = root / name, package_dir / '.mim' / name
         if not src.is_dir():
@@ -53,10 +65,18 @@ def copy_mim_dirs(package_dir: Path, root: Path = HERE) -> None:
         elif dst.exists() or dst.is_symlink():
             dst.unlink()
         shutil.copytree(src, dst, ignore=_ignore)
+    for name in MIM_FILES:
+        src, dst = root / name, package_dir / '.mim' / name
+        if not src.is_file():
+            raise FileNotFoundError(f'{src} is missing: an evit_mm source tree or sdist has it (the model-zoo index; '
+                                    'python tools/gen_model_index.py writes it)')
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        shutil.copy2(src, dst)
 
 
 class BuildPyWithMim(build_py):
-    """build_py that also installs configs/ and tools/ as ``evit_mm/.mim/``."""
+    """build_py that also installs configs/, tools/ and model-index.yml as ``evit_mm/.mim/``."""
 
     def run(self):
         super().run()
@@ -94,6 +114,9 @@ EXTRAS = {
     'benchmark': ['timm', 'matplotlib', 'tqdm', 'onnx', 'onnxscript', 'onnxruntime', 'mmengine>=0.10.6'],
     # evit_mm.sample_data: the small datasets built from scikit-image's photographs
     'sample-data': ['scikit-image', 'scipy', 'Pillow', 'opencv-python', 'pycocotools'],
+    # evit_mm.sam.app (`evit-sam-app`, tools/sam_app.py): the browser app; FastAPI + uvicorn serve a static page,
+    # the sample photos come from scikit-image, the masks download as COCO RLE (pycocotools)
+    'app': SAM + ['fastapi', 'uvicorn', 'Pillow', 'pycocotools', 'scikit-image'],
 }
 EXTRAS['all'] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -111,6 +134,8 @@ setup(
     # has an extra (tools/env/ holds the pinned, tested stack).
     install_requires=['torch>=2.1', 'numpy', 'safetensors', 'huggingface_hub'],
     extras_require=EXTRAS,
+    package_data={'evit_mm.sam.app': ['static/*']},  # the app's page (HTML, JS, CSS)
+    entry_points={'console_scripts': ['evit-sam-app = evit_mm.sam.app:main']},
     cmdclass={'build_py': BuildPyWithMim, 'develop': DevelopWithMim},
     zip_safe=False,
     classifiers=[

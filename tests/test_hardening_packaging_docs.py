@@ -412,7 +412,7 @@ def _source_copy(tmp_path):
     src = tmp_path / 'src'
     src.mkdir()
     ignore = shutil.ignore_patterns('__pycache__', '*.pyc', '.mim', '*.egg-info')
-    for name in ('setup.py', 'pyproject.toml', 'README.md', 'MANIFEST.in', 'LICENSE', 'NOTICE'):
+    for name in ('setup.py', 'pyproject.toml', 'README.md', 'MANIFEST.in', 'LICENSE', 'NOTICE', 'model-index.yml'):
         shutil.copy(osp.join(ROOT, name), src / name)
     for name in ('evit_mm', 'configs', 'tools', 'docs'):
         shutil.copytree(osp.join(ROOT, name), src / name, ignore=ignore)
