@@ -51,7 +51,7 @@ DATASETS = {'coco': 'COCO', 'cityscapes': 'Cityscapes', 'ade20k': 'ADE20K', 'sa1
             'in1k': 'ImageNet-1k'}
 
 # docs/model_zoo.md: how EfficientViT-SAM is evaluated (the data layout of docs/sam_zero_shot.md)
-SAM_EVAL = ('python tools/eval_sam_zero_shot.py --model {name} --checkpoint evit://{name} '
+SAM_EVAL = ('python tools/eval_sam_zero_shot.py --model {name} --pretrained '
             '--ann-file coco/annotations/instances_val2017.json --image-dir coco/val2017 --mode detector '
             '--det-file coco/source_json_file/coco_vitdet.json --out-dir work_dirs/zero_shot/{name}_coco')
 
@@ -199,8 +199,7 @@ def doc_tables() -> str:
             'published mask AP', lambda e, w: SAM_EVAL.format(name=e.name))
     section('segment_anything SAM (Meta; the phase-1 teacher)',
             'No number is recorded in the registry; the file name carries the start of the sha256, which is '
-            'checked. segment_anything reads the file itself, so the zero-shot tool takes it as a path: '
-            '`--model sam_vit_h --checkpoint sam_vit_h_4b8939.pth`.')
+            'checked. The zero-shot tool evaluates them as the others: `--model sam_vit_h --pretrained`.')
     rows = [[f'`{e.name}`', f'`{w.tag}`', '—', '—', f"`create_model('{e.name}', pretrained=True)`"]
             for e in entries.values() if e.family == 'sam' for w in e.weights]
     lines += _table(['name', 'tag', 'published', 'config', 'use'], rows)
