@@ -57,6 +57,7 @@ from . import convert_mit
 from .contract import EfficientViTBackbone
 from .convert_mit import MIT_CHECKPOINT_FORMATS, convert_mit_state_dict, detect_mit_format, split_mit_state_dict
 from .layers import ActType, ConvNormAct, OpSequence, _autocast_enabled, build_act, fuse_conv_norm_acts
+from .registry import MIT_B_ARCHS, MIT_L_ARCHS, variant_key
 
 __all__ = [
     # building blocks
@@ -311,9 +312,15 @@ class EfficientViTBlock(nn.Module):
 # Backbones
 # --------------------------------------------------------------------------------------------------------------
 
+def _table(rows: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """A registry table split into (arch settings, the official checkpoints' norm eps per arch)."""
+    settings = {k: {n: v for n, v in row.items() if n != 'norm_eps'} for k, row in rows.items()}
+    return settings, {k: row['norm_eps'] for k, row in rows.items()}
+
+
 def _arch(arch: Union[str, Mapping[str, Any]], table: Mapping[str, Mapping[str, Any]], cls_name: str):
     if isinstance(arch, str):
-        key = arch.lower().replace('efficientvit_', '').replace('efficientvit-', '')
+        key = variant_key(arch)
         if key not in table:
             raise ValueError(f'{cls_name}: unknown arch {arch!r}; known: {sorted(table)}')
         return key, dict(table[key])
@@ -380,13 +387,7 @@ class EfficientViTB(_MITBackbone):
     ``stages[0..3]`` (state-dict keys of the reference).
     """
 
-    arch_settings: dict[str, dict[str, Any]] = {
-        'b0': dict(width_list=(8, 16, 32, 64, 128), depth_list=(1, 2, 2, 2, 2), dim=16),
-        'b1': dict(width_list=(16, 32, 64, 128, 256), depth_list=(1, 2, 3, 3, 4), dim=16),
-        'b2': dict(width_list=(24, 48, 96, 192, 384), depth_list=(1, 3, 4, 4, 6), dim=32),
-        'b3': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 4, 6, 6, 9), dim=32),
-    }
-    default_norm_eps = {'b0': 1e-5, 'b1': 1e-5, 'b2': 1e-5, 'b3': 1e-5}
+    arch_settings, default_norm_eps = _table(MIT_B_ARCHS)  # declared in the registry
 
     def __init__(self, arch: Union[str, Mapping[str, Any]] = 'b1', in_channels: int = 3,
                  out_indices: Optional[Sequence[int]] = None, frozen_stages: int = -1, norm_eval: bool = False,
@@ -449,28 +450,17 @@ class EfficientViTL(_MITBackbone):
     (``'att@3'`` = LiteMLA scales ``(3,)``). All stages, stem included, live in ``stages`` (reference keys).
     """
 
-    _L = dict(block_list=('res', 'fmb', 'fmb', 'mb', 'att'), expand_list=(1, 4, 4, 4, 6),
-              fewer_norm_list=(False, False, False, True, True))
-    _XL = dict(block_list=('res', 'fmb', 'fmb', 'fmb', 'att@3', 'att@3'), expand_list=(1, 4, 4, 4, 4, 6),
-               fewer_norm_list=(False, False, False, False, True, True))
-    arch_settings: dict[str, dict[str, Any]] = {
-        'l0': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 1, 1, 4, 4), **_L),
-        'l1': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 1, 1, 6, 6), **_L),
-        'l2': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 2, 2, 8, 8), **_L),
-        'l3': dict(width_list=(64, 128, 256, 512, 1024), depth_list=(1, 2, 2, 8, 8), **_L),
-        'xl0': dict(width_list=(32, 64, 128, 256, 512, 1024), depth_list=(0, 1, 1, 2, 3, 3), **_XL),
-        'xl1': dict(width_list=(32, 64, 128, 256, 512, 1024), depth_list=(1, 2, 2, 4, 6, 6), **_XL),
-    }
-    default_norm_eps = {'l0': 1e-6, 'l1': 1e-7, 'l2': 1e-7, 'l3': 1e-7, 'xl0': 1e-6, 'xl1': 1e-6}
+    arch_settings, default_norm_eps = _table(MIT_L_ARCHS)  # declared in the registry
 
     def __init__(self, arch: Union[str, Mapping[str, Any]] = 'l1', in_channels: int = 3,
                  out_indices: Optional[Sequence[int]] = None, frozen_stages: int = -1, norm_eval: bool = False,
                  norm_eps: Optional[float] = None, act: ActType = 'gelu', with_cp: bool = False):
         super().__init__()
         widths, depths, cfg = self._resolve_arch(arch)
-        blocks_t = list(cfg.get('block_list', self._L['block_list']))
-        expands = list(cfg.get('expand_list', self._L['expand_list']))
-        fewer = list(cfg.get('fewer_norm_list', self._L['fewer_norm_list']))
+        default = self.arch_settings['l1']  # a settings dict without block lists gets the L layout
+        blocks_t = list(cfg.get('block_list', default['block_list']))
+        expands = list(cfg.get('expand_list', default['expand_list']))
+        fewer = list(cfg.get('fewer_norm_list', default['fewer_norm_list']))
         qkv_dim = cfg.get('qkv_dim', 32)
         if not len(widths) == len(depths) == len(blocks_t) == len(expands) == len(fewer):
             raise ValueError('EfficientViTL: width/depth/block/expand/fewer_norm lists differ in length')
@@ -514,7 +504,7 @@ MIT_BACKBONE_ARCHS: dict[str, type] = {**{k: EfficientViTB for k in EfficientViT
 
 def build_efficientvit_backbone(arch: str, **kwargs) -> _MITBackbone:
     """``EfficientViTB`` or ``EfficientViTL`` for an arch name (``'b0'`` ... ``'xl1'``, ``'efficientvit_b1'``)."""
-    key = arch.lower().replace('efficientvit_', '').replace('efficientvit-', '')
+    key = variant_key(arch)
     if key not in MIT_BACKBONE_ARCHS:
         raise ValueError(f'unknown EfficientViT arch {arch!r}; known: {sorted(MIT_BACKBONE_ARCHS)}')
     return MIT_BACKBONE_ARCHS[key](key, **kwargs)

@@ -63,6 +63,7 @@ from .checkpoint import CheckpointMismatchError
 from .contract import EfficientViTBackbone
 from .fuse import fuse_conv_bn
 from .layers import ConvNormAct
+from .registry import MSRA_ARCHS, variant_key
 
 __all__ = [
     'ARCH_SETTINGS', 'EfficientViTM', 'CascadedGroupAttention', 'DeployedCascadedGroupAttention', 'SandwichBlock',
@@ -70,27 +71,9 @@ __all__ = [
     'efficientvit_m5', 'relative_offset_index',
 ]
 
-#: Hyper-parameters of the six published variants (Cream ``classification/model/build.py``; timm agrees).
-#: ``kernels`` are the per-head kernel sizes of the depthwise conv on the queries, shared by all stages
-#: (stage ``i`` uses the first ``num_heads[i]`` of them).
-#:
-#: **M0 uses (5, 5, 5, 5)**, as in Cream's classification code, its released ImageNet checkpoint and timm.
-#: Cream's *detection* code declares M0 with (7, 5, 3, 3); its loader uses ``strict=False`` and would
-#: silently skip the 18 mismatching query-conv weights of the official checkpoint.  There is no official
-#: M0 detection checkpoint; to load one trained with Cream's detection code, build the model with
-#: ``kernels=(7, 5, 3, 3)`` (``infer_msra_arch`` reads the kernels off any checkpoint).  M1..M5 are the same in
-#: both codebases.
-ARCH_SETTINGS: dict[str, dict[str, tuple]] = {
-    name: dict(embed_dims=dims, depths=depths, num_heads=heads, kernels=kernels, key_dims=(16, 16, 16))
-    for name, dims, depths, heads, kernels in [
-        ('m0', (64, 128, 192), (1, 2, 3), (4, 4, 4), (5, 5, 5, 5)),
-        ('m1', (128, 144, 192), (1, 2, 3), (2, 3, 3), (7, 5, 3, 3)),
-        ('m2', (128, 192, 224), (1, 2, 3), (4, 3, 2), (7, 5, 3, 3)),
-        ('m3', (128, 240, 320), (1, 2, 3), (4, 3, 4), (5, 5, 5, 5)),
-        ('m4', (128, 256, 384), (1, 2, 3), (4, 4, 4), (7, 5, 3, 3)),
-        ('m5', (192, 288, 384), (1, 3, 4), (3, 3, 4), (7, 5, 3, 3)),
-    ]
-}
+#: Hyper-parameters of the published variants: the registry's table (:data:`evit_mm.models.registry.MSRA_ARCHS`,
+#: which explains the M0 kernels), where a variant is declared.
+ARCH_SETTINGS: dict[str, dict[str, tuple]] = MSRA_ARCHS
 
 _ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'kernels', 'key_dims')
 NUM_STAGES = 3  # after the stem
@@ -413,7 +396,7 @@ def _per_stage(value, name: str) -> tuple[int, ...]:
 
 def _resolve_arch(arch: str | Mapping[str, Any]) -> dict[str, tuple]:
     if isinstance(arch, str):
-        name = arch.lower().replace('efficientvit_', '').replace('efficientvit-', '')
+        name = variant_key(arch)
         if name not in ARCH_SETTINGS:
             raise ValueError(f'unknown EfficientViT-M arch {arch!r}; choose one of {sorted(ARCH_SETTINGS)} '
                              'or pass a dict of settings')

@@ -1,9 +1,9 @@
 """Every evit_mm model by name, timm-style: ``create_model(name, pretrained=...)`` and ``list_models(...)``.
 
-Each named model is declared once, in :data:`_ENTRIES` below: its builder with its defaults (arch, norm eps,
-input size) and the checkpoints published for it (URL, layout, sha256 where known, the published numbers). The
-benchmark, the ONNX export, the SAM builders and tools, the zero-shot adapters and the mm configs (through the
-``evit://`` checkpoint scheme) all read names from here.
+Each variant is declared once, here: its architecture row (the tables below, which the model modules read), its
+builder with its defaults (norm eps, input size) and the checkpoints published for it (URL, layout, sha256 where
+known, the published numbers). The benchmark, the ONNX export, the SAM builders and tools, the zero-shot adapters
+and the mm configs (through the ``evit://`` checkpoint scheme) all read names from here.
 
 Names (see ``docs/model_zoo.md``)::
 
@@ -31,7 +31,8 @@ from torch import nn
 from .hub import Weights, fetch, fetch_url
 
 __all__ = ['ModelEntry', 'create_model', 'list_models', 'get_entry', 'resolve_weights', 'resolve_checkpoint',
-           'split_name', 'EVIT_SCHEME', 'model_entries']
+           'split_name', 'EVIT_SCHEME', 'model_entries', 'variant_key', 'MSRA_ARCHS', 'MIT_B_ARCHS', 'MIT_L_ARCHS',
+           'SEG_HEADS', 'SAM_VARIANTS', 'SR_PRESETS', 'SR_SCALES']
 
 EVIT_SCHEME = 'evit://'
 
@@ -69,6 +70,104 @@ def _add(name, family, build, weights=(), **kwargs) -> None:
     if name in _ENTRIES:
         raise ValueError(f'{name} is declared twice')
     _ENTRIES[name] = ModelEntry(name, family, build, weights=tuple(weights), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ the variants
+# Each architecture row lives here, once; the model modules read their tables from this section (their old names,
+# e.g. ``efficientvit_msra.ARCH_SETTINGS``, are these objects). A new variant is a row here plus, where weights are
+# published, its checkpoints below.
+
+#: EfficientViT-M0..M5 (Cream ``classification/model/build.py``; timm agrees). ``kernels`` are the per-head kernel
+#: sizes of the depthwise conv on the queries, shared by all stages (stage ``i`` uses the first ``num_heads[i]``).
+#:
+#: **M0 uses (5, 5, 5, 5)**, as in Cream's classification code, its released ImageNet checkpoint and timm.
+#: Cream's *detection* code declares M0 with (7, 5, 3, 3); its loader uses ``strict=False`` and would
+#: silently skip the 18 mismatching query-conv weights of the official checkpoint.  There is no official
+#: M0 detection checkpoint; to load one trained with Cream's detection code, build the model with
+#: ``kernels=(7, 5, 3, 3)`` (``infer_msra_arch`` reads the kernels off any checkpoint).  M1..M5 are the same in
+#: both codebases.
+MSRA_ARCHS: dict[str, dict[str, tuple]] = {
+    name: dict(embed_dims=dims, depths=depths, num_heads=heads, kernels=kernels, key_dims=(16, 16, 16))
+    for name, dims, depths, heads, kernels in [
+        ('m0', (64, 128, 192), (1, 2, 3), (4, 4, 4), (5, 5, 5, 5)),
+        ('m1', (128, 144, 192), (1, 2, 3), (2, 3, 3), (7, 5, 3, 3)),
+        ('m2', (128, 192, 224), (1, 2, 3), (4, 3, 2), (7, 5, 3, 3)),
+        ('m3', (128, 240, 320), (1, 2, 3), (4, 3, 4), (5, 5, 5, 5)),
+        ('m4', (128, 256, 384), (1, 2, 3), (4, 4, 4), (7, 5, 3, 3)),
+        ('m5', (192, 288, 384), (1, 3, 4), (3, 3, 4), (7, 5, 3, 3)),
+    ]
+}
+
+#: EfficientViT-B0..B3 (reference ``efficientvit_backbone_b*``); ``norm_eps`` is the official checkpoints' value.
+MIT_B_ARCHS: dict[str, dict[str, Any]] = {
+    'b0': dict(width_list=(8, 16, 32, 64, 128), depth_list=(1, 2, 2, 2, 2), dim=16, norm_eps=1e-5),
+    'b1': dict(width_list=(16, 32, 64, 128, 256), depth_list=(1, 2, 3, 3, 4), dim=16, norm_eps=1e-5),
+    'b2': dict(width_list=(24, 48, 96, 192, 384), depth_list=(1, 3, 4, 4, 6), dim=32, norm_eps=1e-5),
+    'b3': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 4, 6, 6, 9), dim=32, norm_eps=1e-5),
+}
+_L = dict(block_list=('res', 'fmb', 'fmb', 'mb', 'att'), expand_list=(1, 4, 4, 4, 6),
+          fewer_norm_list=(False, False, False, True, True))
+_XL = dict(block_list=('res', 'fmb', 'fmb', 'fmb', 'att@3', 'att@3'), expand_list=(1, 4, 4, 4, 4, 6),
+           fewer_norm_list=(False, False, False, False, True, True))
+#: EfficientViT-L0..L3, XL0/XL1 (reference ``efficientvit_backbone_l*`` / ``xl*``); ``norm_eps``: 1e-7 for L1-L3
+#: (seg/cls checkpoints), 1e-6 for L0, XL0 and XL1 (SAM only).
+MIT_L_ARCHS: dict[str, dict[str, Any]] = {
+    'l0': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 1, 1, 4, 4), norm_eps=1e-6, **_L),
+    'l1': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 1, 1, 6, 6), norm_eps=1e-7, **_L),
+    'l2': dict(width_list=(32, 64, 128, 256, 512), depth_list=(1, 2, 2, 8, 8), norm_eps=1e-7, **_L),
+    'l3': dict(width_list=(64, 128, 256, 512, 1024), depth_list=(1, 2, 2, 8, 8), norm_eps=1e-7, **_L),
+    'xl0': dict(width_list=(32, 64, 128, 256, 512, 1024), depth_list=(0, 1, 1, 2, 3, 3), norm_eps=1e-6, **_XL),
+    'xl1': dict(width_list=(32, 64, 128, 256, 512, 1024), depth_list=(1, 2, 2, 4, 6, 6), norm_eps=1e-6, **_XL),
+}
+
+#: The reference's seg heads (``seg.py``), by ``'<model>_<dataset>'``: (in_channel_list, head_width, head_depth,
+#: expand_ratio, middle_op, final_expand, n_classes). Every one reads stage4/3/2 (strides 32/16/8) at stride 8.
+SEG_HEADS: dict[str, tuple] = {
+    'b0_cityscapes': ((128, 64, 32), 32, 1, 4, 'mbconv', 4, 19),
+    'b1_cityscapes': ((256, 128, 64), 64, 3, 4, 'mbconv', 4, 19),
+    'b2_cityscapes': ((384, 192, 96), 96, 3, 4, 'mbconv', 4, 19),
+    'b3_cityscapes': ((512, 256, 128), 128, 3, 4, 'mbconv', 4, 19),
+    'l1_cityscapes': ((512, 256, 128), 256, 3, 1, 'fmbconv', None, 19),
+    'l2_cityscapes': ((512, 256, 128), 256, 5, 1, 'fmbconv', None, 19),
+    'b1_ade20k': ((256, 128, 64), 64, 3, 4, 'mbconv', None, 150),
+    'b2_ade20k': ((384, 192, 96), 96, 3, 4, 'mbconv', None, 150),
+    'b3_ade20k': ((512, 256, 128), 128, 3, 4, 'mbconv', None, 150),
+    'l1_ade20k': ((512, 256, 128), 128, 3, 4, 'fmbconv', 8, 150),
+    'l2_ade20k': ((512, 256, 128), 128, 3, 4, 'fmbconv', 8, 150),
+}
+
+_NECK_L = dict(fid_list=('stage4', 'stage3', 'stage2'), in_channel_list=(512, 256, 128), head_width=256,
+               expand_ratio=1, middle_op='fmb', image_size=512)
+_NECK_XL = dict(fid_list=('stage5', 'stage4', 'stage3'), in_channel_list=(1024, 512, 256), head_width=256,
+                expand_ratio=4, middle_op='fmb', image_size=1024)
+#: The five published EfficientViT-SAM variants (reference ``sam.py``): backbone arch, neck, encoder input size.
+SAM_VARIANTS: dict[str, dict[str, Any]] = {
+    'l0': dict(backbone='l0', head_depth=4, **_NECK_L),
+    'l1': dict(backbone='l1', head_depth=8, **_NECK_L),
+    'l2': dict(backbone='l2', head_depth=12, **_NECK_L),
+    'xl0': dict(backbone='xl0', head_depth=6, **_NECK_XL),
+    'xl1': dict(backbone='xl1', head_depth=12, **_NECK_XL),
+}
+
+#: EfficientViT-SR settings. ``lightweight``: DIV2K-trained x2/x3/x4 models for small LR images (BSD100 160x240);
+#: ``highres``: FFHQ 512 -> 1024, a stride-4 working resolution so that attention runs on 128x128 tokens.
+SR_PRESETS: dict[str, dict] = {
+    'lightweight': dict(channels=48, width=128, depth=6, down=2, dim=16, expand_ratio=2),
+    'highres': dict(channels=48, width=192, depth=8, down=4, dim=16, expand_ratio=2),
+}
+#: the upscale factors each SR setting is named for (``efficientvit_sr_lightweight_x3``)
+SR_SCALES = {'lightweight': (2, 3, 4), 'highres': (2,)}
+
+
+def variant_key(name: str, family: str = '') -> str:
+    """The table key of a variant name, the one normaliser of every family: ``'EfficientViT-B1'`` -> ``'b1'``,
+    ``'efficientvit_sam_xl1'`` (family ``'sam'``) -> ``'xl1'``, ``'efficientvit-seg-b1-cityscapes'`` (``'seg'``) ->
+    ``'b1_cityscapes'``."""
+    key = str(name).strip().lower().replace('-', '_')
+    key = key[len('efficientvit_'):] if key.startswith('efficientvit_') else key
+    if family and key.startswith(family + '_'):
+        key = key[len(family) + 1:]
+    return key
 
 
 # ------------------------------------------------------------------------------------------------ builders
@@ -127,10 +226,11 @@ def _detector(config):
 # ------------------------------------------------------------------------------------------------ MSRA (Cream)
 _CREAM = 'https://github.com/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/'
 _CREAM_TOP1 = {'m0': 63.2, 'm1': 68.4, 'm2': 70.8, 'm3': 73.4, 'm4': 74.3, 'm5': 77.1}
-for _arch, _top1 in _CREAM_TOP1.items():
+for _arch in MSRA_ARCHS:
     _add(f'efficientvit_{_arch}', 'efficientvit_m', _msra(_arch), input_size=224,
-         weights=[Weights('in1k', f'{_CREAM}efficientvit_{_arch}.pth', 'cream-cls', metrics={'top1': _top1},
-                          resolution=224, source='Cream README (ImageNet-1k val)')],
+         weights=[Weights('in1k', f'{_CREAM}efficientvit_{_arch}.pth', 'cream-cls',
+                          metrics={'top1': _CREAM_TOP1[_arch]}, resolution=224, source='Cream README (ImageNet-1k val)')
+                  ] if _arch in _CREAM_TOP1 else [],
          summary=f'EfficientViT-{_arch.upper()} backbone (strides 16/32/64)')
 
 for _det, _cfg, _metrics, _what in [
@@ -147,7 +247,7 @@ for _det, _cfg, _metrics, _what in [
 _CLS = 'https://huggingface.co/han-cai/efficientvit-cls/resolve/main/'
 _CLS_RES = {'b1': (288, 256, 224), 'b2': (288, 256, 224), 'b3': (288, 256, 224), 'l1': (224,),
             'l2': (384, 320, 288, 256, 224), 'l3': (384, 320, 288, 256, 224)}
-for _arch in ('b0', 'b1', 'b2', 'b3', 'l0', 'l1', 'l2', 'l3', 'xl0', 'xl1'):
+for _arch in (*MIT_B_ARCHS, *MIT_L_ARCHS):
     _add(f'efficientvit_{_arch}', f'efficientvit_{_arch.rstrip("0123")}', _mit(_arch),
          input_size=_CLS_RES.get(_arch, (224,))[0],
          weights=[Weights(f'r{r}', f'{_CLS}efficientvit_{_arch}_r{r}.pt', 'mit-cls', resolution=r,
@@ -158,29 +258,31 @@ _SEG = 'https://huggingface.co/han-cai/efficientvit-seg/resolve/main/'
 _SEG_MIOU = {'b0_cityscapes': 75.653, 'b1_cityscapes': 80.547, 'b2_cityscapes': 82.073, 'b3_cityscapes': 83.016,
              'l1_cityscapes': 82.716, 'l2_cityscapes': 83.228, 'b1_ade20k': 42.840, 'b2_ade20k': 45.941,
              'b3_ade20k': 49.013, 'l1_ade20k': 49.191, 'l2_ade20k': 50.702}
-for _key, _miou in _SEG_MIOU.items():
+for _key in SEG_HEADS:
     _arch, _data = _key.split('_')
     _size = (1024, 2048) if _data == 'cityscapes' else (512, 512)
     _suffix = '8xb2-160k_cityscapes-1024x2048' if _data == 'cityscapes' else '8xb2-160k_ade20k-512x512'
     _add(f'efficientvit_seg_{_key}', 'efficientvit_seg', _seg(_key), input_size=_size,
          config=f'efficientvit_seg/efficientvit-{_arch}_seg_{_suffix}.py',
-         weights=[Weights(_data, f'{_SEG}efficientvit_seg_{_key}.pt', 'mit-seg', metrics={'mIoU': _miou},
-                          resolution=_size, source='mit-han-lab/efficientvit segmentation README')],
+         weights=[Weights(_data, f'{_SEG}efficientvit_seg_{_key}.pt', 'mit-seg', metrics={'mIoU': _SEG_MIOU[_key]},
+                          resolution=_size, source='mit-han-lab/efficientvit segmentation README')]
+         if _key in _SEG_MIOU else [],
          summary=f'EfficientViT-{_arch.upper()} + seg head, {_data}')
 
 _SAM = 'https://huggingface.co/mit-han-lab/efficientvit-sam/resolve/main/'
 _SAM_MAP = {'l0': (45.7, 41.8), 'l1': (46.2, 42.1), 'l2': (46.6, 42.7), 'xl0': (47.5, 43.9), 'xl1': (47.8, 44.4)}
-for _arch, (_coco, _lvis) in _SAM_MAP.items():
-    _size = 1024 if _arch.startswith('xl') else 512
+for _arch, _variant in SAM_VARIANTS.items():
+    _size = _variant['image_size']
     _add(f'efficientvit_sam_{_arch}', 'efficientvit_sam', _sam(_arch), input_size=_size,
          config=f'efficientvit_sam/efficientvit-sam-{_arch}_phase2-e2e_sa1b.py',
          weights=[Weights('sa1b', f'{_SAM}efficientvit_sam_{_arch}.pt', 'efficientvit_sam', resolution=_size,
-                          metrics={'coco_mAP': _coco, 'lvis_mAP': _lvis},
-                          source='mit-han-lab/efficientvit SAM README (zero-shot, ViTDet boxes)')],
+                          metrics=dict(zip(('coco_mAP', 'lvis_mAP'), _SAM_MAP[_arch])),
+                          source='mit-han-lab/efficientvit SAM README (zero-shot, ViTDet boxes)')]
+         if _arch in _SAM_MAP else [],
          summary=f'EfficientViT-SAM-{_arch.upper()} (encoder input {_size})')
 
-for _preset, _scales in (('lightweight', (2, 3, 4)), ('highres', (2,))):
-    for _scale in _scales:
+for _preset in SR_PRESETS:
+    for _scale in SR_SCALES[_preset]:
         _add(f'efficientvit_sr_{_preset}_x{_scale}', 'efficientvit_sr', _sr(_preset, _scale),
              summary=f'EfficientViT super-resolution, {_preset} x{_scale} (no published weights)')
 

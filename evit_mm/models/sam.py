@@ -33,7 +33,6 @@ State-dict keys are the official ones (``image_encoder.backbone.stages.*``, ``im
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -50,6 +49,7 @@ from .contract import Fusable, LoadsPretrained
 from .convert_mit import detect_sam_checkpoint_format
 from .efficientvit_mit import EfficientViTL, FusedMBConv, MBConv, ResBlock, Residual
 from .layers import ActType, ConvNormAct, DAGHead, OpSequence, Resize, stage_number
+from .registry import SAM_VARIANTS as _SAM_VARIANTS, variant_key
 
 __all__ = [
     'SAM_VARIANTS', 'SAM_PIXEL_MEAN', 'SAM_PIXEL_STD', 'SAM_NORM_EPS',
@@ -66,24 +66,14 @@ SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 #: The eps the reference gives every norm layer of an EfficientViT-SAM model.
 SAM_NORM_EPS = 1e-6
 
-_NECK_L = dict(fid_list=('stage4', 'stage3', 'stage2'), in_channel_list=(512, 256, 128), head_width=256,
-               expand_ratio=1, middle_op='fmb', image_size=512)
-_NECK_XL = dict(fid_list=('stage5', 'stage4', 'stage3'), in_channel_list=(1024, 512, 256), head_width=256,
-                expand_ratio=4, middle_op='fmb', image_size=1024)
-
-#: The five published variants (reference ``sam.py``): backbone arch, neck settings, encoder input size.
-SAM_VARIANTS: Dict[str, Dict[str, Any]] = {
-    'l0': dict(backbone='l0', head_depth=4, **_NECK_L),
-    'l1': dict(backbone='l1', head_depth=8, **_NECK_L),
-    'l2': dict(backbone='l2', head_depth=12, **_NECK_L),
-    'xl0': dict(backbone='xl0', head_depth=6, **_NECK_XL),
-    'xl1': dict(backbone='xl1', head_depth=12, **_NECK_XL),
-}
+#: The five published variants (reference ``sam.py``): backbone arch, neck settings, encoder input size; declared
+#: in the registry (:data:`evit_mm.models.registry.SAM_VARIANTS`).
+SAM_VARIANTS: Dict[str, Dict[str, Any]] = _SAM_VARIANTS
 
 
 def normalize_variant(variant: str) -> str:
     """``'l0'`` from ``'l0'``, ``'L0'``, ``'efficientvit-sam-l0'``, ``'efficientvit_sam_xl1'`` ..."""
-    key = re.sub(r'^(efficientvit[-_]?)?(sam[-_]?)?', '', str(variant).strip().lower())
+    key = variant_key(variant, 'sam')
     if key not in SAM_VARIANTS:
         raise ValueError(f'unknown EfficientViT-SAM variant {variant!r}; known: {", ".join(SAM_VARIANTS)}')
     return key

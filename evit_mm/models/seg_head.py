@@ -28,6 +28,7 @@ from .checkpoint import LoadReport
 from .contract import Fusable, LoadsPretrained
 from .efficientvit_mit import FusedMBConv, MBConv, Residual, build_efficientvit_backbone
 from .layers import ActType, ConvNormAct, DAGHead, OpSequence, Resize, stage_number
+from .registry import SEG_HEADS, variant_key
 
 __all__ = ['EfficientViTSegHead', 'EfficientViTSeg', 'SEG_HEAD_CONFIGS', 'seg_head_config']
 
@@ -46,23 +47,13 @@ def _register(name, in_channel_list, head_width, head_depth, expand_ratio, middl
         act='gelu' if large else 'hswish', norm_eps=1e-7 if large else 1e-5)
 
 
-# name             in_channel_list   width depth expand middle     final_expand classes
-_register('b0_cityscapes', (128, 64, 32), 32, 1, 4, 'mbconv', 4, 19)
-_register('b1_cityscapes', (256, 128, 64), 64, 3, 4, 'mbconv', 4, 19)
-_register('b2_cityscapes', (384, 192, 96), 96, 3, 4, 'mbconv', 4, 19)
-_register('b3_cityscapes', (512, 256, 128), 128, 3, 4, 'mbconv', 4, 19)
-_register('l1_cityscapes', (512, 256, 128), 256, 3, 1, 'fmbconv', None, 19)
-_register('l2_cityscapes', (512, 256, 128), 256, 5, 1, 'fmbconv', None, 19)
-_register('b1_ade20k', (256, 128, 64), 64, 3, 4, 'mbconv', None, 150)
-_register('b2_ade20k', (384, 192, 96), 96, 3, 4, 'mbconv', None, 150)
-_register('b3_ade20k', (512, 256, 128), 128, 3, 4, 'mbconv', None, 150)
-_register('l1_ade20k', (512, 256, 128), 128, 3, 4, 'fmbconv', 8, 150)
-_register('l2_ade20k', (512, 256, 128), 128, 3, 4, 'fmbconv', 8, 150)
+for _name, _row in SEG_HEADS.items():  # declared in the registry
+    _register(_name, *_row)
 
 
 def seg_head_config(name: str, **overrides) -> dict[str, Any]:
     """A copy of ``SEG_HEAD_CONFIGS[name]`` (e.g. ``'b1_cityscapes'``, ``'l2_ade20k'``) with ``overrides``."""
-    key = name.lower().replace('-', '_').replace('efficientvit_seg_', '').replace('efficientvit_', '')
+    key = variant_key(name, 'seg')
     if key not in SEG_HEAD_CONFIGS:
         raise ValueError(f'unknown seg head config {name!r}; known: {sorted(SEG_HEAD_CONFIGS)}')
     cfg = dict(SEG_HEAD_CONFIGS[key])
@@ -188,8 +179,7 @@ class EfficientViTSeg(Fusable, LoadsPretrained, nn.Module):
     def __init__(self, config: str = 'b1_cityscapes', **head_overrides):
         super().__init__()
         cfg = seg_head_config(config, **head_overrides)
-        arch = config.lower().replace('-', '_').replace('efficientvit_seg_', '').replace('efficientvit_', '')
-        arch = arch.split('_')[0]
+        arch = variant_key(config, 'seg').split('_')[0]
         self.config = config
         self.backbone = build_efficientvit_backbone(arch, norm_eps=cfg['norm_eps'])
         self.head = EfficientViTSegHead(**cfg)

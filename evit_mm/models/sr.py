@@ -45,15 +45,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .efficientvit_mit import ConvNormAct, EfficientViTBlock
+from .registry import SR_PRESETS as _SR_PRESETS
 
 __all__ = ['EfficientViTSR', 'efficientvit_sr_lightweight', 'efficientvit_sr_highres', 'SR_PRESETS']
 
-#: Named settings. ``lightweight``: DIV2K-trained x2/x3/x4 models for small LR images (BSD100 160x240);
-#: ``highres``: FFHQ 512 -> 1024, a stride-4 working resolution so that attention runs on 128x128 tokens.
-SR_PRESETS: dict[str, dict] = {
-    'lightweight': dict(channels=48, width=128, depth=6, down=2, dim=16, expand_ratio=2),
-    'highres': dict(channels=48, width=192, depth=8, down=4, dim=16, expand_ratio=2),
-}
+#: Named settings (``lightweight``: DIV2K x2/x3/x4 for small LR images; ``highres``: FFHQ 512 -> 1024 at a
+#: stride-4 working resolution), declared in the registry (:data:`evit_mm.models.registry.SR_PRESETS`).
+SR_PRESETS: dict[str, dict] = _SR_PRESETS
 
 
 def _round_to(value: float, divisor: int = 8) -> int:
