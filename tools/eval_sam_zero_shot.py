@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Zero-shot COCO/LVIS evaluation of a SAM-style model (EfficientViT-SAM's protocol; docs/sam_zero_shot.md).
 
-    python tools/eval_sam_zero_shot.py --ann-file ANN.json --image-dir DIR --model xl1 --checkpoint CKPT \\
+    python tools/eval_sam_zero_shot.py --ann-file ANN.json --image-dir DIR --model efficientvit_sam_xl1 --pretrained \\
         --mode box points detector [--clicks 1 3 5] [--det-file coco_vitdet.json] --out-dir work_dirs/zs
 
 Modes: ``box`` (every ground-truth box; mIoU), ``points`` (1/3/5 simulated clicks; mIoU), ``detector`` (the
@@ -10,10 +10,12 @@ Several modes run in one pass (one image-encoder forward per image). The dataset
 from the json (``--dataset`` to force it). ``--image-dir``: COCO's ``val2017`` for COCO; the COCO root (holding
 ``train2017/`` and ``val2017/``) for LVIS.
 
-``--model``: EfficientViT-SAM ``l0`` ``l1`` ``l2`` ``xl0`` ``xl1``, segment-anything's ``sam_vit_b``
-``sam_vit_l`` ``sam_vit_h`` (with ``--checkpoint``; without it the weights are random and the numbers
-meaningless), or ``oracle`` (answers with the ground truth: a check of the data and of the pipeline, which must
-give mIoU 100 and AP 1.0, unless two annotations of an image get the very same prompt; docs/sam_zero_shot.md).
+``--model``: a registry name, EfficientViT-SAM ``efficientvit_sam_l0`` ... ``_xl1`` (or ``l0`` ... ``xl1``),
+segment-anything's ``sam_vit_b`` ``sam_vit_l`` ``sam_vit_h``, with ``--pretrained`` (the published weights,
+downloaded once and cached: docs/model_zoo.md) or ``--checkpoint`` (a path, URL or ``evit://NAME``); with neither
+the weights are random and the numbers meaningless. Or ``oracle`` (answers with the ground truth: a check of the
+data and of the pipeline, which must give mIoU 100 and AP 1.0, unless two annotations of an image get the very
+same prompt; docs/sam_zero_shot.md).
 
 Per-image results go to ``OUT/per_image.jsonl`` as they are made: rerunning the same command resumes an
 interrupted run (``--restart`` starts over). At the end: a table on stdout and ``OUT/results.json``.
@@ -41,8 +43,12 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--ann-file', required=True, help='COCO instances json or LVIS json')
     ap.add_argument('--image-dir', required=True, help='COCO: the image folder (val2017); LVIS: the COCO root')
-    ap.add_argument('--model', default='l0', help=f'{", ".join(SAM_MODEL_NAMES)} or oracle (default l0)')
-    ap.add_argument('--checkpoint', help='model weights (default: random weights)')
+    ap.add_argument('--model', default='efficientvit_sam_l0',
+                    help=f'{", ".join(SAM_MODEL_NAMES)} (or l0 ... xl1, vit_b ...), or oracle '
+                         '(default efficientvit_sam_l0)')
+    ap.add_argument('--pretrained', action='store_true',
+                    help='the model\'s published weights, downloaded once and cached (docs/model_zoo.md)')
+    ap.add_argument('--checkpoint', help='model weights: a path, a URL or evit://NAME (default: random weights)')
     ap.add_argument('--mode', nargs='+', choices=MODES, default=['box'], help='prompt mode(s) (default box)')
     ap.add_argument('--clicks', nargs='+', type=int, default=[1, 3, 5], help='click counts to report (points)')
     ap.add_argument('--det-file', help='COCO-results json of detections (mode detector)')
@@ -68,14 +74,9 @@ def parse_args(argv=None):
 
 def draw(record, dataset, out_dir: str, detections) -> list:
     """PNGs of one image: per mode, its prompts and the masks kept."""
-    import importlib.util
-
     from PIL import Image, ImageDraw
-    spec = importlib.util.spec_from_file_location('sam_demo', osp.join(osp.dirname(osp.abspath(__file__)),
-                                                                       'sam_demo.py'))
-    sam_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sam_demo)  # its overlay(): masks filled and outlined
-    overlay = sam_demo.overlay
+
+    from evit_mm.sam.visualize import overlay  # masks filled and outlined, as tools/sam_demo.py draws them
     from evit_mm.sam.zero_shot.data import xywh_to_xyxy
     image, _ = dataset.load_image(record['image_id'])
     written = []
@@ -125,7 +126,8 @@ def main(argv=None) -> int:
     fingerprint = {'ann_file': osp.abspath(args.ann_file), 'image_dir': osp.abspath(args.image_dir),
                    'dataset': dataset.kind, 'modes': sorted(args.mode), 'max_clicks': max(args.clicks),
                    'det_file': osp.abspath(args.det_file) if args.det_file else None, 'model': args.model,
-                   'checkpoint': osp.abspath(args.checkpoint) if args.checkpoint else None, 'crowd': args.crowd}
+                   'checkpoint': (args.checkpoint if '://' in args.checkpoint else osp.abspath(args.checkpoint))
+                   if args.checkpoint else None, 'pretrained': args.pretrained, 'crowd': args.crowd}
     os.makedirs(args.out_dir, exist_ok=True)
     try:
         store = ResultStore(osp.join(args.out_dir, 'per_image.jsonl'), fingerprint, restart=args.restart)
@@ -141,11 +143,12 @@ def main(argv=None) -> int:
         if args.model == 'oracle':
             model = OracleSegmenter(dataset)
         else:
-            if args.checkpoint is None:
-                print('warning: no --checkpoint: random weights, the numbers are meaningless', file=sys.stderr)
+            if args.checkpoint is None and not args.pretrained:
+                print('warning: neither --pretrained nor --checkpoint: random weights, the numbers are meaningless',
+                      file=sys.stderr)
             try:
-                model = SamAdapter.from_model(build_sam_model(args.model, args.checkpoint, args.device),
-                                              batch_size=args.batch_size)
+                sam = build_sam_model(args.model, args.checkpoint, args.device, pretrained=args.pretrained)
+                model = SamAdapter.from_model(sam, batch_size=args.batch_size)
             except (ValueError, FileNotFoundError, RuntimeError) as e:
                 raise SystemExit(f'error: {e}')
 
