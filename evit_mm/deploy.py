@@ -22,7 +22,10 @@ image encoder, or any ``nn.Module`` containing them) into its inference form:
 4. **torch.compile** (optional, ``compile=True``).
 
 The model is put in eval mode and changed in place (the returned module is the same object unless compiled).
-The result is for inference only: its state dict has the fused layout and it cannot load checkpoints any more.
+The result is for inference only: its state dict has the fused layout and it cannot load checkpoints any more,
+and a forward in training mode (after ``model.train()``) raises :class:`DeployedModelTrainingError`, naming the
+swapped modules: their folded weights are copies the optimizer would not train (rebuild the model and load the
+trained checkpoint to train further).
 Outputs agree with the eval-mode model to float rounding (about 1e-6 relative; ``tests/test_deploy.py``).
 """
 from __future__ import annotations
@@ -34,7 +37,22 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-__all__ = ['deploy', 'fuse_model', 'swap_inference_modules', 'is_deployed']
+__all__ = ['deploy', 'fuse_model', 'swap_inference_modules', 'is_deployed', 'DeployedModelTrainingError']
+
+
+class DeployedModelTrainingError(RuntimeError):
+    """A module swapped in by :func:`deploy` was run in training mode."""
+
+
+def _inference_only(module: nn.Module, args) -> None:
+    """Forward pre-hook of every swapped-in module: refuses a forward in training mode."""
+    if module.training:
+        names = getattr(module, '_evit_mm_deployed_as', type(module).__name__)
+        raise DeployedModelTrainingError(
+            f'{names} is an inference-only module swapped in by evit_mm.deploy, and it is run in training mode '
+            '(model.train()). A deployed model cannot be trained: its BatchNorms are folded and the swapped '
+            'modules hold copies of the weights that an optimizer would not update. Train the model before '
+            'deploying it (or rebuild it and load the trained checkpoint); for inference call model.eval().')
 
 
 def _fusable(module: nn.Module) -> bool:
@@ -80,10 +98,14 @@ def swap_inference_modules(model: nn.Module) -> int:
         return None
 
     count = 0
-    for parent in list(model.modules()):
+    for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             replacement = inference_form(child)
             if replacement is not None:
+                path = f'{parent_name}.{name}' if parent_name else name
+                replacement._evit_mm_deployed_as = f'{path} ({type(replacement).__name__})'
+                replacement.train(child.training)  # a new module is in training mode; the model is in eval
+                replacement.register_forward_pre_hook(_inference_only)
                 setattr(parent, name, replacement)
                 count += 1
     return count

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import uuid
+import warnings
 
 import numpy as np
 import pytest
@@ -344,3 +345,75 @@ def test_mask_generator_with_crops_on_a_one_pixel_image(sam_l0, shape):
     records = amg.generate(np.full((*shape, 3), 128, np.uint8))
     assert records and all(r['segmentation'].shape == shape for r in records)
     assert all(w > 0 and h > 0 for _, _, w, h in (r['crop_box'] for r in records))  # xywh
+
+
+# ======================================================================== 3. bf16 autocast on a CPU without bf16
+@pytest.mark.parametrize('fast_bf16', [False, True], ids=['no_bf16_cpu', 'bf16_cpu'])
+def test_cpu_bf16_autocast_runs_the_encoder_in_fp32_where_bf16_is_slow(sam_l0, monkeypatch, fast_bf16):
+    """On a CPU without oneDNN bf16 (this one: AVX2), the encoder runs in float32 with one warning; where bf16 is
+    fast it runs under autocast as asked (there the encoder is a stub that records the autocast state: the real
+    bf16 encoder would take the slow path on this CPU). The masks are float32/bool either way."""
+    from evit_mm.sam import predictor as predictor_module
+    monkeypatch.setattr(predictor_module, 'cpu_has_fast_bf16', lambda: fast_bf16)
+    monkeypatch.setattr(predictor_module, '_warned_slow_bf16', False)
+    encoder, autocast_in_encoder = sam_l0.image_encoder, []
+
+    def recording_encoder(x):
+        autocast_in_encoder.append(torch.is_autocast_cpu_enabled())
+        if fast_bf16:
+            return torch.zeros(x.shape[0], 256, *sam_l0.prompt_encoder.image_embedding_size, dtype=torch.bfloat16)
+        return encoder(x)
+
+    predictor = predictor_module.EfficientViTSamPredictor(sam_l0)
+    predictor.model = _EncoderSwapped(sam_l0, recording_encoder)
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    with warnings.catch_warnings(record=True) as caught, torch.autocast('cpu', dtype=torch.bfloat16):
+        warnings.simplefilter('always')
+        predictor.set_image(image)
+        predictor.set_image(image)
+        masks, scores, _ = predictor.predict(box=np.array([5, 5, 40, 30]))
+    slow = [w for w in caught if issubclass(w.category, predictor_module.SlowCpuBf16Warning)]
+    assert len(slow) == (0 if fast_bf16 else 1)  # once per process, not per image
+    assert autocast_in_encoder == [fast_bf16] * 2
+    assert predictor.features.dtype == (torch.bfloat16 if fast_bf16 else torch.float32)
+    assert masks.dtype == bool and scores.dtype == np.float32
+
+
+class _EncoderSwapped:
+    """``model`` with another image encoder (the rest delegated)."""
+
+    def __init__(self, model, encoder):
+        self._model, self.image_encoder = model, encoder
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def test_this_machines_bf16_probe_agrees_with_its_cpu_flags():
+    """The probe says "fast" only on CPUs with AVX-512 (oneDNN's bf16 needs avx512bw/vl/dq at least)."""
+    from evit_mm.sam.predictor import cpu_has_fast_bf16
+    with open('/proc/cpuinfo') as f:
+        flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), [])
+    if not flags:
+        pytest.skip('no /proc/cpuinfo flags')
+    if cpu_has_fast_bf16():
+        assert {'avx512bw', 'avx512vl', 'avx512dq'} <= set(flags)
+    else:
+        assert not ({'avx512_bf16', 'amx_bf16'} & set(flags))
+
+
+# ============================================================================================ 6. a deployed model
+def test_training_a_deployed_model_is_refused_naming_the_swapped_modules():
+    import evit_mm
+    from evit_mm.deploy import DeployedModelTrainingError
+    from evit_mm.models import EfficientViTM
+    model = EfficientViTM('m0')
+    evit_mm.deploy(model)
+    x = torch.randn(1, 3, 64, 64)
+    model(x)  # eval mode: inference as before
+    model.train()
+    with pytest.raises(DeployedModelTrainingError, match=r'stages\.\d+\..*\(DeployedCascadedGroupAttention\) is '
+                                                         r'an inference-only module swapped in by evit_mm.deploy'):
+        model(x)
+    with torch.no_grad():
+        model.eval()(x)  # back in eval mode, it runs again

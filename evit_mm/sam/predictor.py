@@ -20,7 +20,10 @@ written for SAM (its automatic mask generator included) runs unchanged. What dif
 * one predictor can be shared by threads: the image state is **per thread** (each thread predicts on the image
   it set last; a thread that has set none uses the image set last by any thread), and a prediction reads one
   consistent snapshot of it (see :class:`EfficientViTSamPredictor`);
-* outputs are float32 (bool masks) also under ``torch.autocast`` (e.g. CPU bfloat16).
+* outputs are float32 (bool masks) also under ``torch.autocast`` (e.g. CPU bfloat16). Under CPU bfloat16
+  autocast on a CPU without oneDNN bf16 support (no AVX-512: e.g. AVX2-only desktop and laptop CPUs), the image
+  encoder runs in float32 instead, with one warning: there, torch's bf16 depthwise convolutions fall back to a
+  per-group loop, about 40x slower than float32 (see :func:`cpu_has_fast_bf16` and docs/efficientvit_sam.md).
 
 segment_anything's own ``SamPredictor`` cannot drive L0-L2 (it maps prompts to the 512 encoder frame):
 ``EfficientViTSam.postprocess_masks`` makes it raise instead of returning wrong masks.
@@ -30,6 +33,7 @@ The predictor also works with a plain ``segment_anything`` ``Sam`` (whose two fr
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -40,7 +44,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from ..models.layers import _autocast_enabled
 from .transforms import EfficientViTSamTransform, as_rgb_uint8, get_preprocess_shape, resize_longest_side
 
-__all__ = ['EfficientViTSamPredictor', 'VALID_POINT_LABELS']
+__all__ = ['EfficientViTSamPredictor', 'VALID_POINT_LABELS', 'cpu_has_fast_bf16', 'SlowCpuBf16Warning']
 
 #: SAM's point labels: -1 padding (ignored), 0 background, 1 foreground, 2/3 box corners.
 VALID_POINT_LABELS = (-1, 0, 1, 2, 3)
@@ -57,6 +61,38 @@ def _np(x, what: str, dtype=np.float64) -> Optional[np.ndarray]:
         return np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as e:
         raise ValueError(f'{what} must be a numeric array, got {type(x).__name__}: {e}') from None
+
+
+class SlowCpuBf16Warning(RuntimeWarning):
+    """CPU bfloat16 autocast on a CPU without oneDNN bf16: the image encoder runs in float32 instead."""
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether torch runs bfloat16 convolutions on this CPU through oneDNN (``torch.ops.mkldnn.
+    _is_mkldnn_bf16_supported()``: AVX-512 (BW/VL/DQ) or better; native bf16 arithmetic with AVX512_BF16 or AMX).
+    Without it (AVX2-only CPUs) bf16 depthwise convolutions take torch's slow per-group fallback."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the probe: assume the slow path
+        return False
+
+
+_warned_slow_bf16 = False
+
+
+def _slow_cpu_bf16(device: torch.device) -> bool:
+    """CPU bfloat16 autocast is on and this CPU has no fast bf16 convolutions (warned about once per process)."""
+    global _warned_slow_bf16
+    if device.type != 'cpu' or not _autocast_enabled('cpu') or torch.get_autocast_dtype('cpu') != torch.bfloat16 \
+            or cpu_has_fast_bf16():
+        return False
+    if not _warned_slow_bf16:
+        _warned_slow_bf16 = True
+        warnings.warn('CPU bfloat16 autocast on a CPU without oneDNN bf16 support (no AVX-512): the image encoder '
+                      'runs in float32, which is much faster here (bf16 depthwise convolutions fall back to a '
+                      'per-group loop); the prompt encoder and mask decoder stay under autocast',
+                      SlowCpuBf16Warning, stacklevel=4)
+    return True
 
 
 def _float32(t: torch.Tensor) -> torch.Tensor:
@@ -243,7 +279,12 @@ class EfficientViTSamPredictor(SamPredictor):
             sizes.append(size)
             inputs.append(self.model.preprocess(im.to(self.device)))
         self.reset_image()
-        features = self.model.image_encoder(torch.stack(inputs))
+        batch = torch.stack(inputs)
+        if _slow_cpu_bf16(batch.device):
+            with torch.autocast('cpu', enabled=False):
+                features = self.model.image_encoder(batch.float())
+        else:
+            features = self.model.image_encoder(batch)
         input_sizes = tuple(get_preprocess_shape(*size, self.prompt_size) for size in sizes)
         self._set_state(_ImageState(features, tuple(sizes), input_sizes))
 
