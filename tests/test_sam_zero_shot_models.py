@@ -97,7 +97,7 @@ def test_tool_lvis_with_efficientvit_sam_l0(sets, tmp_path, capsys):
                       sets['lvis_det'], '--out-dir', str(out), '--vis', '1', '--no-progress'])
     assert code == 0
     captured = capsys.readouterr()
-    assert 'no --checkpoint: random weights' in captured.err
+    assert 'neither --pretrained nor --checkpoint: random weights' in captured.err
     assert '| 3 click | mIoU |' in captured.out and '5 click' not in captured.out
     res = json.load(open(out / 'results.json'))
     assert res['dataset'] == 'lvis' and set(res['points']) == {'1_click', '3_click'}
