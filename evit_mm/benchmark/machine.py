@@ -28,12 +28,15 @@ def loadavg() -> float | None:
 
 
 def machine_info(devices: Sequence[str]) -> dict:
-    import timm
-
     import evit_mm
+    try:
+        import timm
+        timm_version = timm.__version__
+    except ImportError:  # the GPU check runs without timm (and says so)
+        timm_version = None
     info = dict(machine=platform.machine(), cpu=cpu_model_name(), cpu_count=os.cpu_count(),
                 torch_default_threads=torch.get_num_threads(), platform=platform.platform(),
-                python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
+                python=platform.python_version(), torch=torch.__version__, timm=timm_version,
                 evit_mm=evit_mm.__version__)
     try:
         import onnxruntime

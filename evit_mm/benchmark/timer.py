@@ -131,7 +131,8 @@ def measure_setting(candidates: list[Candidate], setting: dict, args, log, progr
 
     ``setting``: ``device``, ``protocol`` ('cpu': fp32 at a fixed batch; 'gpu': autocast ``args.amp``, batch
     ``'max'`` (power-of-two search) or fixed, plus batch-1 latency), ``batch_size`` (None: each candidate's
-    own CPU batch), ``threads`` (cpu), ``label``.  ONNX candidates run on the CPU protocol only.
+    own CPU batch), ``threads`` (cpu), ``label``, ``latency`` (gpu protocol; default True: also time batch 1).
+    ONNX candidates run on the CPU protocol only.
     The protocol is independent of the device, so the GPU protocol's logic also runs (and is tested) on a CPU.
     ``t0``: the clock origin of the windows' times (``time.perf_counter()``; shared by the groups of a run so that
     windows of different groups can be paired); ``desc``: the progress bar's label (default: the setting's).
@@ -169,7 +170,7 @@ def measure_setting(candidates: list[Candidate], setting: dict, args, log, progr
                 log(f'{cand.key}: largest power-of-two batch = {batch}' +
                     (' (the --max-batch cap)' if batch * 2 > args.max_batch else ''))
             timers[cand.key] = Timer(cand.module, batch, (h, w), device, amp_dtype)
-            if protocol == 'gpu':
+            if protocol == 'gpu' and setting.get('latency', True):
                 latency_timers[cand.key] = Timer(cand.module, 1, (h, w), device, amp_dtype)
 
         phases = [('throughput', timers)] + ([('latency', latency_timers)] if latency_timers else [])
