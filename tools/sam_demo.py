@@ -2,7 +2,7 @@
 """EfficientViT-SAM demo: segment an image from a box, points, or everything, and save an overlay PNG.
 
     python tools/sam_demo.py IMAGE (--box X0 Y0 X1 Y1 | --point X Y [--point X Y ...] | --everything)
-                             --out overlay.png [--model l0] [--checkpoint efficientvit_sam_l0.pt]
+                             --out overlay.png [--model efficientvit_sam_l0] [--pretrained | --checkpoint FILE]
 
 IMAGE is a file (PNG/JPEG/TIFF: grayscale, RGBA and 16-bit are converted) or ``skimage:NAME`` for one of
 scikit-image's sample photographs (``skimage:astronaut``, ``skimage:coffee``, ``skimage:coins`` ...), which need
@@ -11,8 +11,10 @@ predicted IoU is drawn (``--all-masks`` draws the three). ``--everything`` runs 
 (``--points-per-side``, ``--pred-iou-thresh``, ``--stability-score-thresh``; the defaults are the reference
 demo's 0.8 / 0.85).
 
-Without ``--checkpoint`` the model has random weights: the tool runs end to end, but the masks mean nothing.
-The official checkpoints are ``efficientvit_sam_{l0,l1,l2,xl0,xl1}.pt`` (huggingface.co/mit-han-lab/efficientvit-sam).
+``--pretrained`` loads the published weights of ``--model`` (``efficientvit_sam_{l0,l1,l2,xl0,xl1}.pt`` from
+huggingface.co/mit-han-lab/efficientvit-sam, downloaded once and cached: docs/model_zoo.md); ``--checkpoint`` a
+path, URL or ``evit://`` name. With neither the model has random weights: the tool runs end to end, but the masks
+mean nothing.
 """
 from __future__ import annotations
 
@@ -38,8 +40,10 @@ def main(argv=None) -> int:
     ap.add_argument('--neg-point', nargs=2, type=float, action='append', metavar=('X', 'Y'), default=[],
                     help='background point (with --box or --point)')
     ap.add_argument('--out', required=True, help='output PNG')
-    ap.add_argument('--model', default='l0', help='l0, l1, l2, xl0 or xl1 (default l0)')
-    ap.add_argument('--checkpoint', help='official EfficientViT-SAM checkpoint (default: random weights)')
+    ap.add_argument('--model', default='efficientvit_sam_l0',
+                    help='efficientvit_sam_l0 ... _l2, _xl0, _xl1 (or l0 ... xl1; default efficientvit_sam_l0)')
+    ap.add_argument('--pretrained', action='store_true', help='the published weights (downloaded once, cached)')
+    ap.add_argument('--checkpoint', help='weights: a path, a URL or evit://NAME (default: random weights)')
     ap.add_argument('--all-masks', action='store_true', help='draw all three multimask outputs')
     ap.add_argument('--points-per-side', type=int, default=32)
     ap.add_argument('--pred-iou-thresh', type=float, default=0.8)
@@ -56,10 +60,11 @@ def main(argv=None) -> int:
         rgb = as_rgb_uint8(load_image(args.image))
     except ValueError as e:
         raise SystemExit(f'error: {args.image}: {e}')
-    if args.checkpoint is None:
-        print('warning: no --checkpoint: random weights, the masks are meaningless', file=sys.stderr)
+    if args.checkpoint is None and not args.pretrained:
+        print('warning: neither --pretrained nor --checkpoint: random weights, the masks are meaningless',
+              file=sys.stderr)
     try:
-        model = build_efficientvit_sam(args.model, args.checkpoint).to(args.device)
+        model = build_efficientvit_sam(args.model, args.checkpoint, pretrained=args.pretrained).to(args.device)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f'error: {e}')
 
@@ -96,7 +101,7 @@ def main(argv=None) -> int:
     from PIL import Image
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or '.', exist_ok=True)
     Image.fromarray(img).save(args.out)
-    print(f'EfficientViT-SAM-{args.model.upper()} on {args.image} ({rgb.shape[1]}x{rgb.shape[0]}): {summary}; '
+    print(f'EfficientViT-SAM-{model.variant.upper()} on {args.image} ({rgb.shape[1]}x{rgb.shape[0]}): {summary}; '
           f'{elapsed:.2f} s; wrote {args.out}')
     return 0
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Export EfficientViT-SAM to ONNX (image encoder and prompt decoder, two files) and check them in onnxruntime.
 
-    python tools/sam_export_onnx.py --model l0 [--checkpoint efficientvit_sam_l0.pt] --out-dir onnx/
+    python tools/sam_export_onnx.py --model efficientvit_sam_l0 [--pretrained | --checkpoint FILE] --out-dir onnx/
                                     [--return-single-mask] [--no-check] [--opset 17] [--image-size N]
 
 Writes ``OUT_DIR/efficientvit_sam_{model}_encoder.onnx`` (``input_image`` (B, 3, S, S), normalised and padded,
@@ -10,7 +10,8 @@ Writes ``OUT_DIR/efficientvit_sam_{model}_encoder.onnx`` (``input_image`` (B, 3,
 iou_predictions, low_res_masks``; prompts in the 1024 frame, see evit_mm/sam/onnx.py). Unless ``--no-check``,
 both graphs are run in onnxruntime on a real photograph (scikit-image's chelsea) with a point and a box prompt,
 and compared with PyTorch; the tool fails if any output differs by more than ``--atol`` (1e-4).
-Without ``--checkpoint`` the weights are random (fine for checking the export, not for use).
+``--pretrained``: the published weights (downloaded once, cached; docs/model_zoo.md); ``--checkpoint``: a path,
+URL or ``evit://`` name. With neither the weights are random (fine for checking the export, not for use).
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--model', default='l0', help='l0, l1, l2, xl0 or xl1')
-    ap.add_argument('--checkpoint', help='official EfficientViT-SAM checkpoint (default: random weights)')
+    ap.add_argument('--model', default='efficientvit_sam_l0', help='efficientvit_sam_l0 ... _xl1 (or l0 ... xl1)')
+    ap.add_argument('--pretrained', action='store_true', help='the published weights (downloaded once, cached)')
+    ap.add_argument('--checkpoint', help='weights: a path, a URL or evit://NAME (default: random weights)')
     ap.add_argument('--out-dir', required=True)
     ap.add_argument('--image-size', type=int, help='encoder input size (default: the variant\'s, 512 or 1024)')
     ap.add_argument('--return-single-mask', action='store_true', help='decoder returns only the best mask')
@@ -41,10 +43,11 @@ def main(argv=None) -> int:
     from evit_mm.sam import EfficientViTSamPredictor, build_efficientvit_sam, preprocess_image
     from evit_mm.sam.onnx import check_onnx, decoder_inputs, export_decoder, export_encoder
 
-    if args.checkpoint is None:
-        print('warning: no --checkpoint: exporting random weights', file=sys.stderr)
+    if args.checkpoint is None and not args.pretrained:
+        print('warning: neither --pretrained nor --checkpoint: exporting random weights', file=sys.stderr)
     try:
-        model = build_efficientvit_sam(args.model, args.checkpoint, image_size=args.image_size)
+        model = build_efficientvit_sam(args.model, args.checkpoint, image_size=args.image_size,
+                                       pretrained=args.pretrained)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f'error: {e}')
     stem = os.path.join(args.out_dir, f'efficientvit_sam_{model.variant}')

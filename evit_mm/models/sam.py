@@ -380,14 +380,17 @@ class EfficientViTSamBackbone(Fusable, LoadsPretrained, nn.Module):
 
 
 def build_efficientvit_sam(variant: str = 'l0', checkpoint=None, *, decoder_checkpoint=None,
-                           image_size: Optional[int] = None, norm_eps: float = SAM_NORM_EPS) -> EfficientViTSam:
+                           image_size: Optional[int] = None, norm_eps: float = SAM_NORM_EPS,
+                           pretrained: bool = False) -> EfficientViTSam:
     """Build EfficientViT-SAM ``variant`` (``'l0'``, ``'l1'``, ``'l2'``, ``'xl0'``, ``'xl1'``; also
     ``'efficientvit-sam-l0'`` ...), in eval mode.
 
     Args:
         variant: which model.
-        checkpoint: an official EfficientViT-SAM checkpoint (path or state dict), loaded strictly (see
-            :func:`load_efficientvit_sam_checkpoint`).
+        checkpoint: an official EfficientViT-SAM checkpoint (a path, a URL, an ``evit://`` name or a state dict),
+            loaded strictly (see :func:`load_efficientvit_sam_checkpoint`).
+        pretrained: without ``checkpoint``, the variant's published weights, downloaded once into the cache
+            (:mod:`evit_mm.models.hub`; the same as ``checkpoint='evit://efficientvit_sam_<variant>'``).
         decoder_checkpoint: a SAM checkpoint (ViT-B/L/H ``sam_vit_*.pth``) whose ``prompt_encoder`` and
             ``mask_decoder`` weights to load (after ``checkpoint``), see :func:`load_sam_prompt_decoder`.
         image_size: the encoder input size; default the variant's (512 for L0-L2, 1024 for XL0/XL1). Must be a
@@ -406,6 +409,8 @@ def build_efficientvit_sam(variant: str = 'l0', checkpoint=None, *, decoder_chec
                                  transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256))
     set_norm_eps(model, norm_eps)
     model.variant = key
+    if checkpoint is None and pretrained:
+        checkpoint = f'evit://efficientvit_sam_{key}'
     if checkpoint is not None:
         load_efficientvit_sam_checkpoint(model, checkpoint)
     if decoder_checkpoint is not None:
