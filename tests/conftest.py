@@ -1,4 +1,5 @@
 import importlib.util
+import io
 import math
 import os
 import subprocess
@@ -141,3 +142,38 @@ def coins_coco(tmp_path_factory):
     """A small coins-coco dataset (real photographs, COCO format), shared by the tests of a session."""
     from evit_mm.sample_data import make_coins_coco
     return make_coins_coco(str(tmp_path_factory.mktemp('coins_coco')), num_train=4, num_val=2, image_size=128)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# published checkpoint layouts (the key dumps of shared/reference/keys)
+# ----------------------------------------------------------------------------------------------------------------
+
+KEYS_DIR = os.environ.get('EVIT_MM_REFERENCE_KEYS', os.path.join(os.path.dirname(ROOT), 'shared', 'reference', 'keys'))
+needs_keys = pytest.mark.skipif(not os.path.isdir(KEYS_DIR), reason=f'reference key dumps not found at {KEYS_DIR}')
+
+
+def published_layout(dump: str, seed: int = 0, prefix: str = '') -> dict:
+    """Random tensors with exactly the keys and shapes of a published checkpoint (``KEYS_DIR/dump``), BN variances
+    positive."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    with open(os.path.join(KEYS_DIR, dump)) as f:
+        for line in f:
+            key, shape = line.rstrip('\n').split('\t')
+            shape = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
+            if key.endswith('num_batches_tracked'):
+                sd[prefix + key] = torch.tensor(3)
+            elif key.endswith('attention_bias_idxs'):
+                sd[prefix + key] = torch.zeros(shape, dtype=torch.long)
+            elif key.endswith('running_var'):
+                sd[prefix + key] = torch.rand(shape, generator=g) + 0.5
+            else:
+                sd[prefix + key] = torch.randn(shape, generator=g) * 0.1
+    return sd
+
+
+def saved(obj) -> bytes:
+    """``torch.save(obj)`` as bytes (what a server sends)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()

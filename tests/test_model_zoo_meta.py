@@ -25,10 +25,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, load_tool
+from conftest import ROOT, load_tool, needs_keys, published_layout, saved
 
-KEYS_DIR = os.environ.get('EVIT_MM_REFERENCE_KEYS', osp.join(osp.dirname(ROOT), 'shared', 'reference', 'keys'))
-needs_keys = pytest.mark.skipif(not osp.isdir(KEYS_DIR), reason=f'reference key dumps not found at {KEYS_DIR}')
 
 # The configs without a mim entry, each with why (the test below checks the reason against the registry).
 NO_PUBLISHED_CHECKPOINT = 'no checkpoint was published for it: it trains one'
@@ -189,28 +187,6 @@ def test_every_command_of_the_zoo_doc_names_a_real_config_model_and_flags():
 # mim download against 127.0.0.1
 # ----------------------------------------------------------------------------------------------------------------
 
-def published_layout(dump: str, seed: int = 0, prefix: str = '') -> dict:
-    """Random tensors with exactly the keys and shapes of a published checkpoint (BN variances positive)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for line in open(osp.join(KEYS_DIR, dump)):
-        key, shape = line.rstrip('\n').split('\t')
-        shape = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-        if key.endswith('num_batches_tracked'):
-            sd[prefix + key] = torch.tensor(3)
-        elif key.endswith('attention_bias_idxs'):
-            sd[prefix + key] = torch.zeros(shape, dtype=torch.long)
-        elif key.endswith('running_var'):
-            sd[prefix + key] = torch.rand(shape, generator=g) + 0.5
-        else:
-            sd[prefix + key] = torch.randn(shape, generator=g) * 0.1
-    return sd
-
-
-def saved(obj) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 class PublishedHosts:

@@ -8,8 +8,6 @@ layouts (built from the key lists in ``shared/reference/keys``) under both URL s
 """
 import hashlib
 import http.server
-import io
-import os
 import os.path as osp
 import re
 import threading
@@ -17,40 +15,15 @@ import threading
 import pytest
 import torch
 
-from conftest import ROOT, load_tool
+from conftest import KEYS_DIR, ROOT, load_tool, needs_keys, published_layout, saved
 
-KEYS_DIR = os.environ.get('EVIT_MM_REFERENCE_KEYS', osp.join(osp.dirname(ROOT), 'shared', 'reference', 'keys'))
 WEIGHTS_MD = osp.join(osp.dirname(KEYS_DIR), 'weights.md')
-needs_keys = pytest.mark.skipif(not osp.isdir(KEYS_DIR), reason=f'reference key dumps not found at {KEYS_DIR}')
 
 CREAM = '/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/'
 HF_SEG = '/han-cai/efficientvit-seg/resolve/main/'
 HF_CLS = '/han-cai/efficientvit-cls/resolve/main/'
 
 
-def published_layout(dump: str, seed: int = 0, prefix: str = '') -> dict:
-    """Random tensors with exactly the keys and shapes of a published checkpoint (BN variances positive)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    with open(osp.join(KEYS_DIR, dump)) as f:
-        for line in f:
-            key, shape = line.rstrip('\n').split('\t')
-            shape = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-            if key.endswith('num_batches_tracked'):
-                sd[prefix + key] = torch.tensor(3)
-            elif key.endswith('attention_bias_idxs'):
-                sd[prefix + key] = torch.zeros(shape, dtype=torch.long)
-            elif key.endswith('running_var'):
-                sd[prefix + key] = torch.rand(shape, generator=g) + 0.5
-            else:
-                sd[prefix + key] = torch.randn(shape, generator=g) * 0.1
-    return sd
-
-
-def saved(obj) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 class WeightsServer:
