@@ -154,7 +154,8 @@ def doc_tables() -> str:
 
     # MSRA backbones
     section('EfficientViT-M backbones (Cream, ImageNet-1k)',
-            'Backbone weights (the classifier head is not part of evit_mm, so the top-1 is not evaluated here): '
+            'Backbone weights (the registry names are backbones: the classifier head is dropped on loading, and '
+            'evit_mm has no ImageNet evaluation, so the top-1 is not reproduced here): '
             'a detection config loads them with `init_cfg=dict(type=\'Pretrained\', '
             'checkpoint=\'evit://efficientvit_m4\')`.')
     rows = [[f'`{e.name}`', f'`{w.tag}`', _metric_text(w), '—', f"`create_model('{e.name}', pretrained=True)`"]
