@@ -123,14 +123,14 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _verify(path: str, weights: Weights, url: str) -> None:
+def _verify(path: str, weights: Weights) -> None:
     problem = is_checkpoint_file(path)
     if problem is None and weights.sha256:
         found = _sha256(path)
         if not found.startswith(weights.sha256):
             problem = f'its sha256 is {found}, the published file\'s starts with {weights.sha256}'
     if problem:
-        raise WeightsUnavailableError(f'{url}: refused, not cached: {problem}')
+        raise WeightsUnavailableError(f'refused, not cached: {problem}')
 
 
 def _mirror(url: str) -> str:
@@ -179,7 +179,7 @@ def _download_hf(weights: Weights) -> str:
     path = hf_hub_download(repo, filename, cache_dir=_hf_cache(), endpoint=os.environ.get('HF_ENDPOINT') or None,
                            local_files_only=_offline())
     try:
-        _verify(path, weights, weights.url)
+        _verify(path, weights)
     except WeightsUnavailableError:
         _forget_hf(path)
         raise
@@ -202,7 +202,7 @@ def _download_torch_hub(weights: Weights, url: str, progress: bool) -> str:
     os.close(fd)
     try:
         download_url_to_file(url, tmp, progress=progress)
-        _verify(tmp, weights, url)
+        _verify(tmp, weights)
         os.replace(tmp, dst)
     finally:
         if osp.exists(tmp):
@@ -230,7 +230,7 @@ def fetch(weights: Weights, name: str = '', progress: Optional[bool] = None) -> 
             raise OSError('offline mode: no download was tried')
         return _download_torch_hub(weights, url, progress)
     except WeightsUnavailableError as err:
-        raise _advice(weights, url, str(err).split(': ', 1)[-1], name) from None
+        raise _advice(weights, url, str(err), name) from None
     except Exception as err:  # noqa: BLE001 - network, HTTP and hub errors all end here, with the advice
         reason = f'{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ""}'
         raise _advice(weights, url, reason, name) from err
