@@ -55,6 +55,7 @@ from .macs import count_macs, count_params
 from .machine import machine_info
 from .report import paired_ratio
 from .timer import Candidate, measure_setting
+from ..models.registry import create_model
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -88,40 +89,28 @@ class BackboneNeck(nn.Module):
 
 # The FPN of the RetinaNet configs (configs/efficientvit_m/retinanet_efficientvit-m*_fpn_1x_coco.py)
 _FPN = dict(out_channels=256, start_level=0, add_extra_convs='on_input', num_outs=5, num_extra_trans_convs=1)
-_M_CHANNELS = {'m0': [64, 128, 192], 'm5': [192, 288, 384]}
 
 
-def _m_fpn(arch: str, size: tuple[int, int]) -> nn.Module:
-    from evit_mm.models import EfficientViTFPN, efficientvit_m0, efficientvit_m5
-    backbone = {'m0': efficientvit_m0, 'm5': efficientvit_m5}[arch](out_indices=(1, 2, 3))
-    return BackboneNeck(backbone, EfficientViTFPN(in_channels=_M_CHANNELS[arch], **_FPN))
+def _m_fpn(name: str, size: tuple[int, int]) -> nn.Module:
+    from evit_mm.models import EfficientViTFPN
+    backbone = create_model(name, out_indices=(1, 2, 3))
+    return BackboneNeck(backbone, EfficientViTFPN(in_channels=list(backbone.out_channels), **_FPN))
 
 
-def _seg(arch: str, size: tuple[int, int]) -> nn.Module:
-    from evit_mm.models import EfficientViTSeg  # build_efficientvit_backbone(arch) + EfficientViTSegHead
-    return EfficientViTSeg(f'{arch}_cityscapes')
+def _sam(name: str, size: tuple[int, int]) -> nn.Module:
+    return create_model(name, image_size=size[0])
 
 
-def _sam(variant: str, size: tuple[int, int]) -> nn.Module:
-    from evit_mm.models.sam import build_efficientvit_sam
-    return build_efficientvit_sam(variant, image_size=size[0])
-
-
-def _sr(size: tuple[int, int]) -> nn.Module:
-    from evit_mm.models import efficientvit_sr_lightweight
-    return efficientvit_sr_lightweight(2)
-
-
-#: The one place the check builds its models (random weights; the caller randomises the BN statistics).
-#: When ``evit_mm.models.create_model`` exists, each entry becomes ``create_model(name)`` (plus the FPN / seg head).
+#: The one place the check builds its models, through the model registry (random weights; the caller randomises
+#: the BN statistics): the M backbones with the detection configs' FPN, B1/L1 with their Cityscapes seg head.
 BUILDERS: dict[str, Callable[[tuple[int, int]], nn.Module]] = {
-    'efficientvit_m0': lambda size: _m_fpn('m0', size),
-    'efficientvit_m5': lambda size: _m_fpn('m5', size),
-    'efficientvit_b1': lambda size: _seg('b1', size),
-    'efficientvit_l1': lambda size: _seg('l1', size),
-    'efficientvit_sam_l0': lambda size: _sam('l0', size),
-    'efficientvit_sam_xl1': lambda size: _sam('xl1', size),
-    'efficientvit_sr_lightweight_x2': _sr,
+    'efficientvit_m0': lambda size: _m_fpn('efficientvit_m0', size),
+    'efficientvit_m5': lambda size: _m_fpn('efficientvit_m5', size),
+    'efficientvit_b1': lambda size: create_model('efficientvit_seg_b1_cityscapes'),
+    'efficientvit_l1': lambda size: create_model('efficientvit_seg_l1_cityscapes'),
+    'efficientvit_sam_l0': lambda size: _sam('efficientvit_sam_l0', size),
+    'efficientvit_sam_xl1': lambda size: _sam('efficientvit_sam_xl1', size),
+    'efficientvit_sr_lightweight_x2': lambda size: create_model('efficientvit_sr_lightweight_x2'),
 }
 
 
