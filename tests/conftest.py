@@ -177,3 +177,21 @@ def saved(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+def answer_with_file(handler, data, headers=(), body: bool = True, truncate: bool = False) -> None:
+    """Answer an ``http.server`` request with ``data`` (404 when None): 200, ``Content-Length``, the extra
+    ``headers``; with ``truncate`` only the first half of the body is sent and the connection closed, as a
+    dropped download leaves it."""
+    if data is None:
+        handler.send_error(404)
+        return
+    handler.send_response(200)
+    for key, value in (('Content-Type', 'application/octet-stream'), ('Content-Length', str(len(data))),
+                       *headers):
+        handler.send_header(key, value)
+    handler.end_headers()
+    if body:
+        handler.wfile.write(data[:len(data) // 2] if truncate else data)
+        handler.wfile.flush()
+        handler.close_connection = handler.close_connection or truncate

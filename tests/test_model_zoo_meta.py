@@ -25,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, load_tool, needs_keys, published_layout, saved
+from conftest import ROOT, answer_with_file, load_tool, needs_keys, published_layout, saved
 
 
 # The configs without a mim entry, each with why (the test below checks the reason against the registry).
@@ -219,15 +219,7 @@ class PublishedHosts:
             def do_GET(self):
                 url = f'https://{self.host}{self.path}' if self.host else self.path
                 site.requests.append(('GET', url))
-                data = site.files.get(url.split('?')[0])
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header('Content-Type', 'application/octet-stream')
-                self.send_header('Content-Length', str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer_with_file(self, site.files.get(url.split('?')[0]))
 
             def finish(self):
                 super().finish()

@@ -15,7 +15,7 @@ import threading
 import pytest
 import torch
 
-from conftest import KEYS_DIR, ROOT, load_tool, needs_keys, published_layout, saved
+from conftest import KEYS_DIR, ROOT, answer_with_file, load_tool, needs_keys, published_layout, saved
 
 WEIGHTS_MD = osp.join(osp.dirname(KEYS_DIR), 'weights.md')
 
@@ -41,20 +41,9 @@ class WeightsServer:
                 path = self.path.split('?')[0]
                 server.requests.append((self.command, path))
                 data = server.files.get(path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header('Content-Type', 'application/octet-stream')
-                self.send_header('Content-Length', str(len(data)))
-                self.send_header('ETag', '"%s"' % hashlib.sha256(data).hexdigest())
-                self.send_header('X-Repo-Commit', 'a' * 40)
-                self.end_headers()
-                if body:
-                    self.wfile.write(data[:len(data) // 2] if path in server.drop else data)
-                    self.wfile.flush()
-                    if path in server.drop:
-                        self.close_connection = True
+                hf_headers = () if data is None else (('ETag', '"%s"' % hashlib.sha256(data).hexdigest()),
+                                                      ('X-Repo-Commit', 'a' * 40))
+                answer_with_file(self, data, hf_headers, body=body, truncate=path in server.drop)
 
             def do_HEAD(self):
                 self._answer(False)
