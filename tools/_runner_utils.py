@@ -6,21 +6,78 @@ The config's ``default_scope`` (mmdet / mmseg / mmagic) says which downstream li
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import glob
 import importlib
 import importlib.util
 import os
 import os.path as osp
+import re
 
 from evit_mm.compat import apply_all, prepare_cpu_distributed
 
 SCOPES = ('mmdet', 'mmseg', 'mmagic', 'mmengine')
+CONFIG_ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
+
+
+def _did_you_mean(word: str, candidates, n: int = 3) -> str:
+    matches = difflib.get_close_matches(word, sorted(set(candidates)), n=n, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ''
+
+
+def missing_config_message(path: str) -> str:
+    """'config not found', with the closest existing config paths (those next to ``path``, or evit_mm's)."""
+    folder = osp.dirname(path)
+    if folder and osp.isdir(folder):
+        candidates = glob.glob(osp.join(glob.escape(folder), '*.py'))
+    else:
+        candidates = [osp.relpath(p) for p in glob.glob(osp.join(CONFIG_ROOT, '**', '*.py'), recursive=True)]
+    return f'config not found: {path}' + _did_you_mean(path, candidates)
+
+
+_UNREGISTERED = re.compile(r"`?'?([\w.:]+)'? is not in the (\w+)::([\w ]+) registry")
+
+
+def registry_suggestion(message: str) -> str | None:
+    """For mmengine's "X is not in the SCOPE::NAME registry" error: the closest registered names (the registry of
+    that scope and its parents), or None when the message is another one."""
+    found = _UNREGISTERED.search(message)
+    if not found:
+        return None
+    name, scope, registry_name = found.groups()
+    from mmengine.registry import Registry
+    try:
+        module = importlib.import_module(f'{scope}.registry')
+    except ImportError:
+        return None
+    candidates = []
+    for registry in vars(module).values():
+        while isinstance(registry, Registry) and registry.name == registry_name:
+            candidates += list(registry.module_dict)
+            registry = registry.parent
+    return f'{name} is not a registered {registry_name} type (scope {scope})' + _did_you_mean(name.split('.')[-1],
+                                                                                            candidates)
+
+
+@contextlib.contextmanager
+def registry_hints():
+    """Turn mmengine's unknown-type ``KeyError`` (a typo in a config's ``type=``) into an error that names the
+    closest registered types."""
+    try:
+        yield
+    except KeyError as err:
+        hint = registry_suggestion(str(err))
+        if hint is None:
+            raise
+        raise SystemExit(f'error: {hint}\n  ({err.args[0] if err.args else err})') from None
 
 
 def load_config(path: str, cfg_options: dict | None = None):
     from mmengine.config import Config
     apply_all()
     if not osp.isfile(path):
-        raise SystemExit(f'config not found: {path}')
+        raise SystemExit(missing_config_message(path))
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)

@@ -14,7 +14,7 @@ from evit_mm.runner_loading import use_checked_loading
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _runner_utils import (add_common_args, add_load_args, build_runner, default_work_dir,  # noqa: E402
-                           export_local_rank, load_config, set_launcher)
+                           export_local_rank, load_config, registry_hints, set_launcher)
 
 
 def parse_args(argv=None):
@@ -61,9 +61,10 @@ def main(argv=None):
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
 
-    runner = build_runner(cfg)
-    use_checked_loading(runner, strict=args.strict, allow_nonfinite=args.allow_nonfinite)
-    runner.train()
+    with registry_hints():  # a typo in a type= names the closest registered types
+        runner = build_runner(cfg)
+        use_checked_loading(runner, strict=args.strict, allow_nonfinite=args.allow_nonfinite)
+        runner.train()
 
 
 if __name__ == '__main__':

@@ -3,6 +3,8 @@
 Nothing in site-packages is edited: each fix hooks a public extension point of the library it fixes and is
 applied (idempotently) when an evit_mm adapter or tool is imported. See ``docs/compatibility.md``.
 """
+import warnings
+
 from .mmengine_dist import prepare_cpu_distributed
 from .mmengine_checkpoint import (TRUST_ENV, is_trusted, load_http_checkpoint, load_local_checkpoint,
                                   mmengine_safe_globals, patch_mmengine_checkpoint)
@@ -20,5 +22,8 @@ def apply_all() -> None:
     ``evit_mm.mm_common``), ``evit_mm.sam.training`` and the tools, so a Runner built from any evit_mm config, by
     evit_mm's tools or by ``mim`` (the configs' ``custom_imports``), gets the same hook whatever its library.
     """
+    # mmengine imports (and reloads) pkg_resources to find the mm packages' configs: setuptools' deprecation
+    # warning, twice per run, about mmengine's code, not actionable here (setuptools < 82 is pinned for it)
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API', category=UserWarning)
     patch_mmengine_checkpoint()
     from .. import engine  # noqa: F401  (importing it registers the hook in mmengine's root HOOKS)

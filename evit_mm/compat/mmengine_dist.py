@@ -22,6 +22,9 @@ def prepare_cpu_distributed(cfg) -> bool:
                            "(--launcher pytorch, tools/dist_train.sh) runs distributed on CPU processes")
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')  # rank, world size and master address from torchrun's env
+    # the config the Runner logs (and dumps into the work dir) says what runs: gloo, not the bases' nccl
+    env_cfg = cfg.get('env_cfg') or {}
+    cfg.env_cfg = dict(env_cfg, dist_cfg=dict(env_cfg.get('dist_cfg') or {}, backend=dist.get_backend()))
     if cfg.get('sync_bn'):  # torch's SyncBatchNorm runs on GPUs only; per-process BN statistics instead
         cfg.sync_bn = None
     wrapper = dict(cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel'))

@@ -23,6 +23,8 @@ EfficientViTFPN = MODELS.register_module(module=mm_module(efficientvit_msra_fpn.
 
 from .box_prompted_sam import BoxPromptedSAM  # noqa: E402  (registers itself)
 from .stride_check import PyramidStrideCheckHook, PyramidStrideWarning, check_pyramid_strides  # noqa: E402
+from .visualization import NotedDetLocalVisualizer  # noqa: E402  (registered as DetLocalVisualizer)
 
 __all__ = ['EfficientViTM', 'EfficientViTB', 'EfficientViTL', 'EfficientViTFPN', 'EfficientViTSamEncoder',
-           'BoxPromptedSAM', 'PyramidStrideCheckHook', 'PyramidStrideWarning', 'check_pyramid_strides']
+           'BoxPromptedSAM', 'PyramidStrideCheckHook', 'PyramidStrideWarning', 'check_pyramid_strides',
+           'NotedDetLocalVisualizer']
