@@ -507,6 +507,7 @@ dist.destroy_process_group()
     assert proc.stdout.split() == ['gloo', 'gloo', 'False']
 
 
+@pytest.mark.slow
 def test_tools_print_no_pkg_resources_warning():
     """mmengine imports and reloads pkg_resources when it reads a config (setuptools' deprecation warning, twice);
     the tools' config loading (every entry point's) prints none."""

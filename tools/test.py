@@ -18,7 +18,7 @@ from evit_mm.runner_loading import use_checked_loading
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _runner_utils import (add_common_args, add_load_args, build_runner, default_work_dir,  # noqa: E402
-                           export_local_rank, load_config, set_launcher)
+                           export_local_rank, load_config, registry_hints, set_launcher)
 
 
 def parse_args(argv=None):
@@ -80,9 +80,10 @@ def main(argv=None):
     drop_training(cfg)
     if args.show_dir:  # (after default_work_dir: the drawings go under the work dir)
         enable_visualization(cfg, args.show_dir)
-    runner = build_runner(cfg)
-    use_checked_loading(runner, strict=args.strict, allow_nonfinite=args.allow_nonfinite)
-    metrics = runner.test()
+    with registry_hints():  # a typo in a type= names the closest registered types
+        runner = build_runner(cfg)
+        use_checked_loading(runner, strict=args.strict, allow_nonfinite=args.allow_nonfinite)
+        metrics = runner.test()
     return metrics
 
 
