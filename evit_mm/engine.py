@@ -36,22 +36,21 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import os.path as osp
 import random
 import re
 import zipfile
 
-import math
-
 import numpy as np
 import torch
-from mmengine.dist import all_gather_object, get_dist_info, is_main_process
+from mmengine.dist import all_gather_object, all_reduce, get_comm_device, get_dist_info, is_main_process
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
-from mmengine.runner import IterBasedTrainLoop
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 
 __all__ = ['AtomicCheckpointHook', 'NonFiniteLossError', 'find_resume_checkpoint', 'is_loadable_checkpoint',
            'rng_state', 'set_rng_state', 'atomic_write_text', 'RNG_KEY']
@@ -281,14 +280,22 @@ class AtomicCheckpointHook(CheckpointHook):
         loss = outputs.get('loss') if isinstance(outputs, dict) else None
         if loss is None:
             return
+        # (one .item() per iteration, as mmengine's RuntimeInfoHook does with every logged loss anyway)
         value = float(loss.detach().float().sum()) if isinstance(loss, torch.Tensor) else float(loss)
-        if math.isfinite(value):
+        finite = math.isfinite(value)
+        if get_dist_info()[1] > 1:  # every rank stops together, not only those whose own loss diverged
+            flag = torch.tensor([0.0 if finite else 1.0], device=get_comm_device())
+            all_reduce(flag)
+            if finite and flag.item() > 0:
+                value, finite = 'NaN/inf on another rank', False
+        if finite:
             return
         last = self.last_ckpt or runner.message_hub.get_info('last_ckpt')
+        epoch = f' (epoch {runner.epoch + 1})' if isinstance(runner.train_loop, EpochBasedTrainLoop) else ''
         raise NonFiniteLossError(
-            f'the training loss is {value} at iteration {runner.iter + 1} (epoch {runner.epoch + 1}): the run '
-            f'diverged, and it stops here, before its NaN/inf weights are saved (last checkpoint: {last or "none"}). '
-            'Lower the learning rate, clip gradients (optim_wrapper.clip_grad), check the data, then resume; '
+            f'the training loss is {value} at iteration {runner.iter + 1}{epoch}: the run diverged, and it stops '
+            f'here, before its NaN/inf weights are saved (last checkpoint: {last or "none"}). Lower the learning '
+            'rate, clip gradients (optim_wrapper.clip_grad), check the data, then resume; '
             'default_hooks.checkpoint.check_finite_loss=False lets such a run go on')
 
     # ---------------------------------------------------------------------------------------------- saving

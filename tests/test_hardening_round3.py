@@ -536,3 +536,35 @@ def test_typos_in_a_config_path_or_a_type_name_get_the_closest_matches(tmp_path)
     with pytest.raises(SystemExit, match=r"EfficientViTMM is not a registered model type \(scope mmdet\); did you "
                                          r"mean 'EfficientViTM'"):
         train.main([str(config), '--work-dir', str(tmp_path / 'work')])
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_on_one_rank_stops_every_rank():
+    """DDP: the loss diverges on rank 1 only (its batch); both ranks raise at that iteration, none waits forever
+    in the next all-reduce. Two gloo processes, the hook's check called as the loop calls it."""
+    code = """
+import os, types, torch, torch.distributed as dist, torch.multiprocessing as mp
+
+def work(rank):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29533')
+    dist.init_process_group('gloo', rank=rank, world_size=2)
+    from evit_mm.engine import AtomicCheckpointHook, NonFiniteLossError
+    from mmengine.logging import MessageHub
+    hook = AtomicCheckpointHook(interval=1)
+    runner = types.SimpleNamespace(iter=6, epoch=0, train_loop=None,
+                                   message_hub=MessageHub.get_instance(f'nan_rank_{rank}'))
+    loss = torch.tensor(float('nan') if rank == 1 else 0.5)
+    try:
+        hook._check_loss(runner, dict(loss=loss))
+        print(rank, 'went on', flush=True)
+    except NonFiniteLossError as err:
+        print(rank, 'stopped:', err, flush=True)
+    dist.destroy_process_group()
+
+mp.start_processes(work, nprocs=2, start_method='fork')
+"""
+    proc = run_python(code, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(proc.stdout.splitlines())
+    assert lines[0].startswith('0 stopped: the training loss is NaN/inf on another rank at iteration 7'), lines
+    assert lines[1].startswith('1 stopped: the training loss is nan at iteration 7'), lines
