@@ -77,8 +77,13 @@ def _stop(proc, log):
 
 
 def _wait_render(page, version, timeout=600_000):
-    page.wait_for_function(f'() => window.evitSam.maskVersion > {version} && !window.evitSam.busy',
-                           timeout=timeout)
+    """Until the page has painted a result newer than ``version``; an error shown in the page ends the run."""
+    page.evaluate('window.evitSam.lastError = null')
+    page.wait_for_function(f'() => (window.evitSam.maskVersion > {version} && !window.evitSam.busy) '
+                           '|| window.evitSam.lastError', timeout=timeout)
+    error = page.evaluate('window.evitSam.lastError')
+    if error:
+        raise SystemExit(f'error: the page shows an error: {error}')
 
 
 def _click_points(n: int):
