@@ -748,7 +748,20 @@ def test_bf16_forward_is_finite_small(factory, size):
         assert (p.float() - r).abs().max() < 0.1 * r.abs().max() + 0.1
 
 
+def _cpu_bf16_is_fast() -> bool:
+    from evit_mm.sam.predictor import cpu_has_fast_bf16
+    return cpu_has_fast_bf16()
+
+
+# Without oneDNN bf16 (AVX2-only CPUs) torch runs bf16 depthwise convolutions group by group: L1 at 128x128 takes
+# 23x its fp32 time, and these full-size forwards take many minutes each. They need an AVX-512 CPU (or a GPU:
+# test_half_precision_cuda_full_resolution); the small-size bf16 tests above run everywhere.
+needs_fast_cpu_bf16 = pytest.mark.skipif(not _cpu_bf16_is_fast(), reason='this CPU has no oneDNN bf16 '
+                                         '(AVX2 only): full-size CPU bf16 forwards take minutes here')
+
+
 @pytest.mark.slow
+@needs_fast_cpu_bf16
 def test_bf16_b0_seg_at_cityscapes_resolution():
     backbone = randomize_(efficientvit_b0()).eval()
     head = randomize_(EfficientViTSegHead.from_config('b0_cityscapes'), seed=3).eval()
@@ -758,6 +771,7 @@ def test_bf16_b0_seg_at_cityscapes_resolution():
 
 
 @pytest.mark.slow
+@needs_fast_cpu_bf16
 @pytest.mark.parametrize('arch', ['l0', 'l1', 'l2', 'l3'])
 def test_bf16_l_at_512(arch):
     model = randomize_(build_efficientvit_backbone(arch)).eval()
