@@ -79,8 +79,14 @@ def _stop(proc, log):
 def _wait_render(page, version, timeout=600_000):
     """Until the page has painted a result newer than ``version``; an error shown in the page ends the run."""
     page.evaluate('window.evitSam.lastError = null')
-    page.wait_for_function(f'() => (window.evitSam.maskVersion > {version} && !window.evitSam.busy) '
-                           '|| window.evitSam.lastError', timeout=timeout)
+    try:
+        page.wait_for_function(f'() => (window.evitSam.maskVersion > {version} && !window.evitSam.busy) '
+                               '|| window.evitSam.lastError', timeout=timeout)
+    except Exception:  # noqa: BLE001 - say what the page was doing
+        state = page.evaluate('({busy: evitSam.busy, maskVersion: evitSam.maskVersion, mode: evitSam.mode, '
+                              'state: document.body.dataset.state, message: document.getElementById("message")'
+                              '.textContent})')
+        raise SystemExit(f'error: no new result in {timeout / 1000:.0f} s after version {version}: page {state}')
     error = page.evaluate('window.evitSam.lastError')
     if error:
         raise SystemExit(f'error: the page shows an error: {error}')
@@ -108,7 +114,7 @@ def run_one(browser, model, threads, args, out_dir):
     proc, url, log = _start_server(model, threads, checkpoint, args.encoder_size,
                                    os.path.join(out_dir, f'server_{model}_t{threads}.log'))
     try:
-        ctx = browser.new_context(viewport={'width': 1200, 'height': 1000})
+        ctx = browser.new_context(viewport={'width': 1200, 'height': 1600})  # the whole 960-px stage in view
         page = ctx.new_page()
         page.goto(url)
         page.wait_for_function('() => document.body.dataset.state === "idle"', timeout=120_000)
@@ -127,15 +133,15 @@ def run_one(browser, model, threads, args, out_dir):
         page.select_option('#sample', args.images[0])  # back to the first: a cache hit
         _wait_render(page, version)
         cached_again = page.evaluate('window.evitSam.imageInfo.cached')
-        box = page.locator('#prompts').bounding_box()
         for i, (fx, fy) in enumerate(_click_points(args.clicks + 1)):
             if i and i % 3 == 0:
                 version = page.evaluate('window.evitSam.maskVersion')
                 page.locator('#clear').click()
                 _wait_render(page, version)
+            box = page.locator('#prompts').bounding_box()  # measured per click: a message above it moves it
             version = page.evaluate('window.evitSam.maskVersion')
             page.mouse.click(box['x'] + fx * box['width'], box['y'] + fy * box['height'])
-            _wait_render(page, version)
+            _wait_render(page, version, timeout=120_000)
         timings = page.evaluate('window.evitSam.timings')[1:]  # the first click is a warm-up
         ctx.close()
     finally:
