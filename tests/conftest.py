@@ -104,6 +104,21 @@ def _randomize_state_dict_(model, g):
             t.copy_(torch.randn(t.shape, generator=g) * 0.1)
 
 
+@pytest.fixture(autouse=True)
+def _default_scope_stays_in_its_test():
+    """mmengine's current default scope is the latest ``DefaultScope`` made anywhere in the process; a test that
+    calls ``init_default_scope('mmagic')`` (or runs a Runner) would otherwise decide which registry a later test's
+    ``MODELS.build`` searches. The scopes a test made are dropped after it."""
+    registry = sys.modules.get('mmengine.registry')
+    before = set(registry.DefaultScope._instance_dict) if registry is not None else set()
+    yield
+    registry = sys.modules.get('mmengine.registry')
+    if registry is not None:
+        instances = registry.DefaultScope._instance_dict
+        for name in [name for name in instances if name not in before]:
+            del instances[name]
+
+
 @pytest.fixture
 def randomize():
     """:func:`randomize_`, for tests that take their helpers as fixtures."""

@@ -276,8 +276,12 @@ def test_init_cfg_with_an_evit_name_in_a_stock_registry_build(server):
     from evit_mm.models import EfficientViTM
     published = {'model': published_layout('cream_m4_keys.txt', seed=3)}
     server.files[CREAM + 'efficientvit_m4.pth'] = saved(published)
-    backbone = MODELS.build(dict(type='EfficientViTM', arch='m4',
-                                 init_cfg=dict(type='Pretrained', checkpoint='evit://efficientvit_m4')))
+    from mmengine.registry import DefaultScope
+    # Earlier tests may leave another library's default scope current (the SR tests leave mmagic's); a user's
+    # mmdet Runner would have made mmdet's current, so the build does here.
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        backbone = MODELS.build(dict(type='EfficientViTM', arch='m4',
+                                     init_cfg=dict(type='Pretrained', checkpoint='evit://efficientvit_m4')))
     backbone.init_weights()
     reference = EfficientViTM('m4')
     reference.load_pretrained(published)
