@@ -23,7 +23,8 @@ from collections import OrderedDict
 
 from evit_mm.models.checkpoint import (CheckpointMismatchError, NonFiniteWeightsError, check_finite, format_key_diff,
                                        strip_prefix, unwrap_state_dict)
-from evit_mm.models.efficientvit_msra import EfficientViTM, cream_detector_to_evit_mm, detect_msra_format
+from evit_mm.models.convert_msra import cream_detector_to_evit_mm, detect_msra_format
+from evit_mm.models.efficientvit_msra import EfficientViTM
 
 __all__ = ['CONVERTER', 'cream_detector_format', 'convert_cream_detector', 'model_state_dict', 'load_strict',
            'load_checkpoint_checked', 'use_checked_loading', 'check_finite_checkpoint', 'NONFINITE_OVERRIDE']

@@ -22,9 +22,9 @@ from torch import nn
 from conftest import load_tool, randomize_
 
 from evit_mm.models.checkpoint import CheckpointMismatchError
-from evit_mm.models.efficientvit_msra import (ARCH_SETTINGS, EfficientViTM, convert_msra_state_dict,
-                                              detect_msra_format, efficientvit_m0, efficientvit_m4,
-                                              infer_msra_arch, relative_offset_index)
+from evit_mm.models.convert_msra import convert_msra_state_dict, detect_msra_format, infer_msra_arch
+from evit_mm.models.efficientvit_msra import (ARCH_SETTINGS, EfficientViTM, efficientvit_m0, efficientvit_m4,
+                                              relative_offset_index)
 from evit_mm.models.efficientvit_msra_fpn import EfficientViTFPN
 
 try:

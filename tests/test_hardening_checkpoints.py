@@ -202,7 +202,7 @@ def retinanet_m0():
 
 def test_raw_cream_detector_checkpoint_is_converted(retinanet_m0, tmp_path):
     """A Cream detector file (mmdet 2.x, backbone in Cream's layout) given to test.py / load_from."""
-    from evit_mm.models.efficientvit_msra import convert_msra_state_dict
+    from evit_mm.models.convert_msra import convert_msra_state_dict
     from evit_mm.runner_loading import load_checkpoint_checked
     source = retinanet_m0(0)
     sd = source.state_dict()

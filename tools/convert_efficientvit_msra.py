@@ -31,8 +31,8 @@ def _import_evit_mm():
         import evit_mm  # noqa: F401
     except ImportError:  # running from a checkout without `pip install -e .`
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from evit_mm.models import efficientvit_msra, checkpoint
-    return efficientvit_msra, checkpoint
+    from evit_mm.models import checkpoint, convert_msra, efficientvit_msra
+    return efficientvit_msra, convert_msra, checkpoint
 
 
 def _window_size(text: str):
@@ -84,7 +84,7 @@ def _read(path: str, allow_pickle: bool, checkpoint):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    msra, checkpoint = _import_evit_mm()
+    msra, convert, checkpoint = _import_evit_mm()
     import torch
 
     if not os.path.isfile(args.input):
@@ -92,9 +92,9 @@ def main(argv=None) -> int:
         return 1
     try:
         state_dict = _read(args.input, args.allow_pickle, checkpoint)
-        converted, report = msra.convert_msra_state_dict(state_dict, fmt=args.fmt, window_size=args.window_size,
-                                                        return_report=True)
-        inferred = msra.infer_msra_arch(converted)
+        converted, report = convert.convert_msra_state_dict(state_dict, fmt=args.fmt, window_size=args.window_size,
+                                                           return_report=True)
+        inferred = convert.infer_msra_arch(converted)
     except (ValueError, KeyError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

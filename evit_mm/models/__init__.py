@@ -15,8 +15,9 @@ from .efficientvit_mit import (EfficientViTB, EfficientViTL, build_efficientvit_
                                detect_mit_format, efficientvit_b0, efficientvit_b1, efficientvit_b2,
                                efficientvit_b3, efficientvit_l0, efficientvit_l1, efficientvit_l2, efficientvit_l3,
                                efficientvit_xl0, efficientvit_xl1, split_mit_state_dict)
-from .efficientvit_msra import (EfficientViTM, convert_msra_state_dict, efficientvit_m0, efficientvit_m1,
-                                efficientvit_m2, efficientvit_m3, efficientvit_m4, efficientvit_m5)
+from .convert_msra import convert_msra_state_dict
+from .efficientvit_msra import (EfficientViTM, efficientvit_m0, efficientvit_m1, efficientvit_m2, efficientvit_m3,
+                                efficientvit_m4, efficientvit_m5)
 from .efficientvit_msra_fpn import EfficientViTFPN
 from .seg_head import SEG_HEAD_CONFIGS, EfficientViTSeg, EfficientViTSegHead, seg_head_config
 

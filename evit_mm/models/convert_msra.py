@@ -14,14 +14,11 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import efficientvit_msra as _arch  # the architecture tables (a cycle: used at call time only)
 from .checkpoint import LoadReport, strip_prefix
+from .registry import MSRA_ARCHS, MSRA_NUM_STAGES, msra_per_stage
 
-__all__ = ['MSRA_FORMATS', 'ConversionReport', 'detect_msra_format', 'convert_msra_state_dict', 'infer_msra_arch',
+__all__ = ['MSRA_FORMATS', 'detect_msra_format', 'convert_msra_state_dict', 'infer_msra_arch',
            'cream_detector_to_evit_mm']
-
-#: What :func:`convert_msra_state_dict` did: the report every ``load_pretrained`` returns.
-ConversionReport = LoadReport
 
 #: Layouts understood by :func:`convert_msra_state_dict`.
 MSRA_FORMATS = ('cream-cls', 'cream-det', 'timm', 'evit_mm')
@@ -131,11 +128,11 @@ def convert_msra_state_dict(state_dict: Mapping[str, torch.Tensor], fmt: str = '
 
     BatchNorm ``num_batches_tracked`` counters missing from the source are added as 0 (they do not affect the
     outputs).  Keys that are not recognised are kept unchanged, so that a strict load reports them instead of
-    silently ignoring them.  With ``return_report=True`` returns ``(state_dict, ConversionReport)``.
+    silently ignoring them.  With ``return_report=True`` returns ``(state_dict, LoadReport)``.
     """
     if fmt not in ('auto', *MSRA_FORMATS):
         raise ValueError(f'fmt must be "auto" or one of {MSRA_FORMATS}, got {fmt!r}')
-    windows = _arch._per_stage(window_size, 'window_size')
+    windows = msra_per_stage(window_size, 'window_size')
     sd = strip_prefix(state_dict, 'module.')
     from_detector = any(k.startswith('backbone.') for k in sd)
     other = {}
@@ -164,7 +161,7 @@ def convert_msra_state_dict(state_dict: Mapping[str, torch.Tensor], fmt: str = '
 
     for key, value in list(out.items()):
         m = re.match(r'^stages\.(\d+)\.blocks\.\d+\.attn\.attention_biases$', key)
-        if m and int(m.group(1)) < _arch.NUM_STAGES and value.dim() == 2:
+        if m and int(m.group(1)) < MSRA_NUM_STAGES and value.dim() == 2:
             size = windows[int(m.group(1))]
             if value.shape[1] != size * size:
                 out[key] = _resize_bias_table(value, size)
@@ -184,14 +181,14 @@ def infer_msra_arch(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Read the hyper-parameters off a state dict (any layout), e.g. to build a model for a checkpoint.
 
     Returns ``dict(embed_dims, depths, num_heads, key_dims, kernels, window_size, name)`` where ``name`` is the
-    entry of ``efficientvit_msra.ARCH_SETTINGS`` with the same widths, depths and heads, or None.  ``kernels``
+    entry of :data:`~evit_mm.models.registry.MSRA_ARCHS` with the same widths, depths and heads, or None.  ``kernels``
     (the q-conv kernel sizes of the widest stage's heads) is compared separately: an M0 trained with Cream's
     detection code has ``name='m0'`` and ``kernels=(7, 5, 3, 3)``.
     """
     sd = convert_msra_state_dict(state_dict, window_size=_table_windows(state_dict))  # tables as stored
     embed_dims, depths, num_heads, key_dims, windows = [], [], [], [], []
     kernels: tuple[int, ...] = ()
-    for s in range(_arch.NUM_STAGES):
+    for s in range(MSRA_NUM_STAGES):
         prefix = f'stages.{s}.blocks.'
         blocks = {int(k[len(prefix):].split('.')[0]) for k in sd if k.startswith(prefix)}
         if not blocks:
@@ -208,7 +205,7 @@ def infer_msra_arch(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
             kernels = stage_kernels
     settings = dict(embed_dims=tuple(embed_dims), depths=tuple(depths), num_heads=tuple(num_heads),
                     key_dims=tuple(key_dims), kernels=kernels, window_size=tuple(windows), name=None)
-    for name, ref in _arch.ARCH_SETTINGS.items():
+    for name, ref in MSRA_ARCHS.items():
         if all(tuple(ref[k]) == settings[k] for k in ('embed_dims', 'depths', 'num_heads', 'key_dims')):
             settings['name'] = name
             break
@@ -217,14 +214,14 @@ def infer_msra_arch(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 def _table_windows(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
     """Per-stage window of the bias tables as stored (so that inference does not resize them)."""
-    windows = [7] * _arch.NUM_STAGES
+    windows = [7] * MSRA_NUM_STAGES
     for key, value in strip_prefix(strip_prefix(state_dict, 'module.'), 'backbone.').items():
         if not key.endswith('attention_biases'):
             continue
         m = re.match(r'^blocks(\d+)\.', key) or re.match(r'^stages\.(\d+)\.', key)
         if m:
             stage = int(m.group(1)) - 1 if key.startswith('blocks') else int(m.group(1))
-            if 0 <= stage < _arch.NUM_STAGES:
+            if 0 <= stage < MSRA_NUM_STAGES:
                 windows[stage] = math.isqrt(value.shape[1])
     return tuple(windows)
 

@@ -38,8 +38,8 @@ Where this implementation deliberately differs from Cream:
   addition, folds the identity of the residual depthwise convs into their centre tap.  :func:`evit_mm.deploy`
   then swaps every attention layer for its inference form, :class:`DeployedCascadedGroupAttention`.
 * **No classifier head, no drop path** (Cream never enables drop path).
-* **State-dict names** are this package's own (see :func:`convert_msra_state_dict` for the official
-  Cream and timm layouts).  The learnable tables keep the name ``attention_biases`` so that optimizer
+* **State-dict names** are this package's own (:mod:`evit_mm.models.convert_msra` converts the official Cream
+  and timm layouts).  The learnable tables keep the name ``attention_biases`` so that optimizer
   rules such as ``custom_keys={'attention_biases': dict(decay_mult=0.)}`` keep working; the index tables
   are non-persistent buffers and never appear in a state dict.
 
@@ -58,12 +58,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import convert_msra  # a cycle: each module reads the other's names at call time only
+from . import convert_msra
 from .checkpoint import CheckpointMismatchError
 from .contract import EfficientViTBackbone
 from .fuse import fuse_conv_bn
 from .layers import ConvNormAct
-from .registry import MSRA_ARCHS, variant_key
+from .registry import MSRA_ARCHS, MSRA_NUM_STAGES, msra_per_stage, variant_key
 
 __all__ = [
     'ARCH_SETTINGS', 'EfficientViTM', 'CascadedGroupAttention', 'DeployedCascadedGroupAttention', 'SandwichBlock',
@@ -76,7 +76,6 @@ __all__ = [
 ARCH_SETTINGS: dict[str, dict[str, tuple]] = MSRA_ARCHS
 
 _ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'kernels', 'key_dims')
-NUM_STAGES = 3  # after the stem
 STAGE_STRIDES = (16, 32, 64)
 
 
@@ -387,13 +386,6 @@ class Stage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-def _per_stage(value, name: str) -> tuple[int, ...]:
-    values = (value,) * NUM_STAGES if isinstance(value, int) else tuple(value)
-    if len(values) != NUM_STAGES or not all(isinstance(v, int) and v > 0 for v in values):
-        raise ValueError(f'{name} must be a positive int or {NUM_STAGES} positive ints, got {value!r}')
-    return values
-
-
 def _resolve_arch(arch: str | Mapping[str, Any]) -> dict[str, tuple]:
     if isinstance(arch, str):
         name = variant_key(arch)
@@ -446,14 +438,14 @@ class EfficientViTM(EfficientViTBackbone):
         settings = _resolve_arch(arch)
         if kernels is not None:
             settings['kernels'] = tuple(kernels)
-        embed_dims = _per_stage(settings['embed_dims'], 'embed_dims')
-        depths = _per_stage(settings['depths'], 'depths')
-        num_heads = _per_stage(settings['num_heads'], 'num_heads')
-        key_dims = _per_stage(settings['key_dims'], 'key_dims')
+        embed_dims = msra_per_stage(settings['embed_dims'], 'embed_dims')
+        depths = msra_per_stage(settings['depths'], 'depths')
+        num_heads = msra_per_stage(settings['num_heads'], 'num_heads')
+        key_dims = msra_per_stage(settings['key_dims'], 'key_dims')
         kernels = tuple(settings['kernels'])
         if len(kernels) < max(num_heads) or any(k % 2 == 0 or k < 1 for k in kernels):
             raise ValueError(f'kernels must hold an odd size per head ({max(num_heads)} heads), got {kernels}')
-        self.window_sizes = _per_stage(window_size, 'window_size')
+        self.window_sizes = msra_per_stage(window_size, 'window_size')
         self.arch_settings = dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads, key_dims=key_dims,
                                   kernels=kernels)
         self.arch_name = arch if isinstance(arch, str) else None
@@ -468,12 +460,12 @@ class EfficientViTM(EfficientViTBackbone):
         self.stages = nn.ModuleList(
             Stage(embed_dims[max(i - 1, 0)], embed_dims[i], depths[i], num_heads[i], key_dims[i],
                   self.window_sizes[i], kernels, downsample=i > 0)
-            for i in range(NUM_STAGES))
+            for i in range(MSRA_NUM_STAGES))
         self._setup_stages(channels=(embed_dims[0], *embed_dims), strides=(STAGE_STRIDES[0], *STAGE_STRIDES),
                            out_indices=out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval)
 
     def _stage_module_names(self) -> list[str]:
-        return ['patch_embed'] + [f'stages.{i}' for i in range(NUM_STAGES)]
+        return ['patch_embed'] + [f'stages.{i}' for i in range(MSRA_NUM_STAGES)]
 
     def no_weight_decay(self) -> set[str]:
         """Names of the relative-position bias tables (conventionally trained without weight decay)."""
@@ -537,12 +529,3 @@ def efficientvit_m4(**kwargs) -> EfficientViTM:
 def efficientvit_m5(**kwargs) -> EfficientViTM:
     """EfficientViT-M5."""
     return EfficientViTM('m5', **kwargs)
-
-
-
-def __getattr__(name: str):
-    """The checkpoint conversion lives in :mod:`evit_mm.models.convert_msra` (which reads this module's tables);
-    its public names are importable from here too."""
-    if name in convert_msra.__all__:
-        return getattr(convert_msra, name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -31,7 +31,8 @@ from torch import nn
 from .hub import Weights, fetch, fetch_url
 
 __all__ = ['ModelEntry', 'create_model', 'list_models', 'get_entry', 'resolve_weights', 'resolve_checkpoint',
-           'split_name', 'EVIT_SCHEME', 'model_entries', 'variant_key', 'MSRA_ARCHS', 'MIT_B_ARCHS', 'MIT_L_ARCHS',
+           'split_name', 'EVIT_SCHEME', 'model_entries', 'variant_key', 'MSRA_ARCHS', 'MSRA_NUM_STAGES',
+           'msra_per_stage', 'MIT_B_ARCHS', 'MIT_L_ARCHS',
            'SEG_HEADS', 'SAM_VARIANTS', 'SR_PRESETS', 'SR_SCALES']
 
 EVIT_SCHEME = 'evit://'
@@ -97,6 +98,18 @@ MSRA_ARCHS: dict[str, dict[str, tuple]] = {
         ('m5', (192, 288, 384), (1, 3, 4), (3, 3, 4), (7, 5, 3, 3)),
     ]
 }
+
+#: EfficientViT-M's stages after the stem (strides 16, 32, 64): every per-stage setting of a row holds this many.
+MSRA_NUM_STAGES = 3
+
+
+def msra_per_stage(value, name: str) -> tuple[int, ...]:
+    """A per-stage EfficientViT-M setting (one positive int for every stage, or one each) as a tuple; the model
+    and the checkpoint converter both read window sizes and widths through it."""
+    values = (value,) * MSRA_NUM_STAGES if isinstance(value, int) else tuple(value)
+    if len(values) != MSRA_NUM_STAGES or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ValueError(f'{name} must be a positive int or {MSRA_NUM_STAGES} positive ints, got {value!r}')
+    return values
 
 #: EfficientViT-B0..B3 (reference ``efficientvit_backbone_b*``); ``norm_eps`` is the official checkpoints' value.
 MIT_B_ARCHS: dict[str, dict[str, Any]] = {
