@@ -15,8 +15,6 @@ def __getattr__(name):
         from .models.sam import build_efficientvit_sam
         return build_efficientvit_sam
     if name == 'deploy':
-        # the submodule, which is callable (evit_mm.deploy(model) == evit_mm.deploy.deploy(model)): importing it
-        # rebinds this attribute to the module anyway, so this is the same object whatever was imported first
-        import importlib
-        return importlib.import_module('.deploy', __name__)
+        from .models.deploy import deploy
+        return deploy
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -119,7 +119,7 @@ def export_onnx(model: nn.Module, path: str, img_size: Union[int, Sequence[int]]
     exported = model
     deploy_diff = None
     if deploy:
-        from .deploy import deploy as to_deploy
+        from .models.deploy import deploy as to_deploy
         exported = to_deploy(copy.deepcopy(model), channels_last=False)
         with torch.no_grad():
             deployed_out = _as_tuple(exported(x))

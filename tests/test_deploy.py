@@ -127,7 +127,7 @@ def test_deploy_nchw_and_idempotent():
     _assert_close_rel(once, want)
     for a, b in zip(once, twice):
         assert torch.equal(a, b) and a.is_contiguous()
-    from evit_mm.deploy import is_deployed
+    from evit_mm.models.deploy import is_deployed
     assert is_deployed(deployed) and not is_deployed(model)
 
 
@@ -181,9 +181,11 @@ def test_deploy_rejects_models_without_evit_mm_parts():
 
 
 def test_import_stays_light_and_deploy_is_lazy():
+    """``evit_mm.deploy`` is the function (loaded on first use), the same object as the implementation's in
+    evit_mm.models.deploy; there is no module of that name to shadow it."""
     code = ('import sys, evit_mm; assert "torch" not in sys.modules, "import evit_mm imported torch"; '
-            'f = evit_mm.deploy; import evit_mm.deploy as mod; '
-            'from evit_mm import deploy; assert callable(evit_mm.deploy) and callable(deploy); print("ok")')
+            'from evit_mm import deploy; import evit_mm.models.deploy as mod; '
+            'assert deploy is evit_mm.deploy is mod.deploy and type(deploy).__name__ == "function"; print("ok")')
     res = run_python(code)
     assert res.returncode == 0 and 'ok' in res.stdout, res.stderr
 

@@ -415,7 +415,7 @@ def test_this_machines_bf16_probe_agrees_with_its_cpu_flags():
 # ============================================================================================ 6. a deployed model
 def test_training_a_deployed_model_is_refused_naming_the_swapped_modules():
     import evit_mm
-    from evit_mm.deploy import DeployedModelTrainingError
+    from evit_mm.models.deploy import DeployedModelTrainingError
     from evit_mm.models import EfficientViTM
     model = EfficientViTM('m0')
     evit_mm.deploy(model)

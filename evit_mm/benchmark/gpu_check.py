@@ -351,7 +351,7 @@ def _gradients(model: nn.Module, x: torch.Tensor, device: str, precision: str, t
 def check_numerics(case: Case, model: nn.Module, x: torch.Tensor, device: str, precisions: Sequence[str],
                    report: Report) -> None:
     """Forward (eager, deploy, channels_last) and backward on ``device`` against the CPU fp32 run."""
-    import evit_mm.deploy
+    from evit_mm.models.deploy import deploy
     with torch.inference_mode():
         ref = model(x)
     ref_loss, ref_grads = _gradients(model, x, 'cpu', 'fp32')
@@ -373,7 +373,7 @@ def check_numerics(case: Case, model: nn.Module, x: torch.Tensor, device: str, p
             report.add(case.name, 'forward channels_last', p, value=relative_error(out, ref), tol=TOLERANCES[p])
         del m
     with report.guard(case.name, 'forward deploy', '*'):
-        m = evit_mm.deploy(copy.deepcopy(model).to(device))  # folded, swapped and made NHWC on the device
+        m = deploy(copy.deepcopy(model).to(device))  # folded, swapped and made NHWC on the device
         for p in precisions:
             with torch.inference_mode(), _precision_context(device, p):
                 out = m(x.to(device))
@@ -903,9 +903,9 @@ def carry_command(dest: str = '.whl', constraints: str | None = None) -> str:
 
 def main_module_names() -> list[str]:
     """What the check imports of evit_mm (tests/test_gpu_check.py imports them with the mm libraries blocked)."""
-    return ['evit_mm.models', 'evit_mm.models.sam', 'evit_mm.sam', 'evit_mm.deploy', 'evit_mm.benchmark.gpu_check',
-            'evit_mm.benchmark.candidates', 'evit_mm.benchmark.timer', 'evit_mm.benchmark.report',
-            'evit_mm.benchmark.specs', 'evit_mm.benchmark.machine', 'evit_mm.benchmark.macs']
+    benchmark = ('gpu_check', 'candidates', 'timer', 'report', 'specs', 'machine', 'macs')
+    return ['evit_mm.models', 'evit_mm.models.sam', 'evit_mm.sam', 'evit_mm.models.deploy'] + [
+        f'evit_mm.benchmark.{name}' for name in benchmark]
 
 
 if __name__ == '__main__':  # pragma: no cover

@@ -21,12 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from evit_mm.models.deploy import deploy as _deploy
 from evit_mm.models.registry import create_model, get_entry, list_models
-
-
-def _deploy(model: nn.Module) -> nn.Module:
-    import evit_mm.deploy
-    return evit_mm.deploy.deploy(model)
 
 
 class LastFeature(nn.Module):
@@ -139,7 +135,7 @@ class _SegFormer(nn.Module):
         from mmengine.registry import init_default_scope
         from mmseg.registry import MODELS
 
-        from evit_mm.compat import apply_all
+        from evit_mm.mm.compat import apply_all
         apply_all()
         init_default_scope('mmseg')
         cfg = get_config('mmseg::segformer/segformer_mit-b1_8xb1-160k_cityscapes-1024x1024.py').model

@@ -8,6 +8,7 @@
 - ``registry`` / ``hub``: every model by name (``create_model``, ``list_models``) and its published weights,
   downloaded, checked and cached;
 - ``checkpoint`` / ``fuse`` / ``layers``: strict loading with a key diff, BatchNorm folding, shared layers.
+- ``deploy``: the inference form of any of them (``evit_mm.deploy``): BNs folded, inference-only modules swapped in.
 """
 from .registry import create_model, get_entry, list_models
 from .checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_strict, read_checkpoint, strip_prefix

@@ -1,4 +1,4 @@
-"""Deploy mode for evit_mm models: ``evit_mm.deploy(model)``.
+"""Deploy mode for evit_mm models: ``evit_mm.deploy(model)`` (this module's :func:`deploy`).
 
 One call turns a trained model (a backbone, an mmdet/mmseg model holding one, a seg head, an EfficientViT-SAM
 image encoder, or any ``nn.Module`` containing them) into its inference form:
@@ -30,12 +30,15 @@ Outputs agree with the eval-mode model to float rounding (about 1e-6 relative; `
 """
 from __future__ import annotations
 
-import sys
 import types
 from typing import Any, Optional
 
 import torch
 from torch import nn
+
+from .efficientvit_msra import CascadedGroupAttention, DeployedCascadedGroupAttention
+from .fuse import OneDNNConvAct
+from .layers import ConvNormAct
 
 __all__ = ['deploy', 'fuse_model', 'swap_inference_modules', 'is_deployed', 'DeployedModelTrainingError']
 
@@ -86,10 +89,6 @@ def swap_inference_modules(model: nn.Module) -> int:
     """Replace, in place, every submodule of ``model`` that has an inference-only form by that form (after
     :func:`fuse_model`: the forms need the BN-folded layers). Exact types only: a subclass may compute something
     else. Returns how many were swapped."""
-    from .models.efficientvit_msra import CascadedGroupAttention, DeployedCascadedGroupAttention
-    from .models.fuse import OneDNNConvAct
-    from .models.layers import ConvNormAct
-
     def inference_form(module: nn.Module) -> Optional[nn.Module]:
         if type(module) is CascadedGroupAttention:
             return DeployedCascadedGroupAttention(module)
@@ -139,15 +138,3 @@ def deploy(model: nn.Module, channels_last: bool = True, compile: bool = False,
     if compile:
         return torch.compile(model, **(compile_kwargs or {}))
     return model
-
-
-class _CallableModule(types.ModuleType):
-    """Importing the submodule ``evit_mm.deploy`` makes Python set the package attribute ``evit_mm.deploy`` to this
-    module, which would shadow the function of the same name that ``evit_mm.__getattr__`` offers.  Making the
-    module callable keeps ``evit_mm.deploy(model)`` working whichever was imported first."""
-
-    def __call__(self, *args, **kwargs):
-        return deploy(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
