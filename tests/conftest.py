@@ -167,23 +167,33 @@ KEYS_DIR = os.environ.get('EVIT_MM_REFERENCE_KEYS', os.path.join(os.path.dirname
 needs_keys = pytest.mark.skipif(not os.path.isdir(KEYS_DIR), reason=f'reference key dumps not found at {KEYS_DIR}')
 
 
-def published_layout(dump: str, seed: int = 0, prefix: str = '') -> dict:
-    """Random tensors with exactly the keys and shapes of a published checkpoint (``KEYS_DIR/dump``), BN variances
-    positive."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
+def key_dump(dump: str, under: str = '') -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of a published checkpoint (``KEYS_DIR/dump``, lines ``key<TAB>(shape)``); with ``under``
+    only the keys under that prefix, stripped of it (at least one must be there)."""
+    out = {}
     with open(os.path.join(KEYS_DIR, dump)) as f:
         for line in f:
             key, shape = line.rstrip('\n').split('\t')
-            shape = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-            if key.endswith('num_batches_tracked'):
-                sd[prefix + key] = torch.tensor(3)
-            elif key.endswith('attention_bias_idxs'):
-                sd[prefix + key] = torch.zeros(shape, dtype=torch.long)
-            elif key.endswith('running_var'):
-                sd[prefix + key] = torch.rand(shape, generator=g) + 0.5
-            else:
-                sd[prefix + key] = torch.randn(shape, generator=g) * 0.1
+            if key.startswith(under):
+                out[key[len(under):]] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
+    assert out, f'{dump} has no key under {under!r}'
+    return out
+
+
+def published_layout(dump: str, seed: int = 0, prefix: str = '') -> dict:
+    """Random tensors with exactly the keys and shapes of a published checkpoint (``KEYS_DIR/dump``), each key
+    preceded by ``prefix``, BN variances positive."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in key_dump(dump).items():
+        if key.endswith('num_batches_tracked'):
+            sd[prefix + key] = torch.tensor(3)
+        elif key.endswith('attention_bias_idxs'):
+            sd[prefix + key] = torch.zeros(shape, dtype=torch.long)
+        elif key.endswith('running_var'):
+            sd[prefix + key] = torch.rand(shape, generator=g) + 0.5
+        else:
+            sd[prefix + key] = torch.randn(shape, generator=g) * 0.1
     return sd
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import load_tool, randomize_
+from conftest import KEYS_DIR, key_dump, load_tool, needs_keys, published_layout, randomize_
 
 from evit_mm.models.checkpoint import CheckpointMismatchError
 from evit_mm.models.efficientvit_mit import (
@@ -21,9 +21,6 @@ from evit_mm.models.efficientvit_mit import (
     detect_mit_format, efficientvit_b0, efficientvit_b1, efficientvit_l0, efficientvit_l1, efficientvit_xl0,
     split_mit_state_dict)
 from evit_mm.models.seg_head import SEG_HEAD_CONFIGS, EfficientViTSegHead, seg_head_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS_DIR = os.environ.get('EVIT_MM_REFERENCE_KEYS', os.path.join(os.path.dirname(ROOT), 'shared', 'reference', 'keys'))
 
 TOL = 1e-5
 
@@ -50,18 +47,6 @@ def assert_close(out, ref, tol=TOL, what=''):
     assert diff <= tol, f'{what}: max abs diff {diff:.3g} > {tol}'
 
 
-def read_key_dump(name, prefix):
-    """{key: shape} of a reference key dump (``key<TAB>(shape)``), restricted to ``prefix`` (stripped)."""
-    out = {}
-    with open(os.path.join(KEYS_DIR, name)) as f:
-        for line in f:
-            key, shape = line.rstrip('\n').split('\t')
-            if key.startswith(prefix):
-                out[key[len(prefix):]] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-    assert out, f'{name} has no key under {prefix!r}'
-    return out
-
-
 def shapes(sd):
     return {k: tuple(v.shape) for k, v in sd.items()}
 
@@ -70,9 +55,6 @@ def set_attention_eps(model, eps):
     for m in model.modules():
         if type(m).__name__ == 'LiteMLA':
             m.eps = eps
-
-
-needs_keys = pytest.mark.skipif(not os.path.isdir(KEYS_DIR), reason='reference key dumps not available')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -104,7 +86,7 @@ def test_backbone_param_counts(arch):
 def test_backbone_keys_equal_official_checkpoint_keys(dump, arch, prefix):
     with torch.device('meta'):
         model = build_efficientvit_backbone(arch)
-    ref = read_key_dump(dump, prefix)
+    ref = key_dump(dump, prefix)
     ours = shapes(model.state_dict())
     assert sorted(set(ref) - set(ours)) == [] and sorted(set(ours) - set(ref)) == []
     assert ours == ref
@@ -118,7 +100,7 @@ def test_backbone_keys_equal_official_checkpoint_keys(dump, arch, prefix):
 ])
 def test_seg_head_keys_equal_official_checkpoint_keys(dump, config):
     head = EfficientViTSegHead.from_config(config)
-    assert shapes(head.state_dict()) == read_key_dump(dump, 'head.')
+    assert shapes(head.state_dict()) == key_dump(dump, 'head.')
 
 
 @needs_keys
@@ -127,12 +109,7 @@ def test_seg_head_keys_equal_official_checkpoint_keys(dump, config):
 def test_official_seg_checkpoint_loads_strictly(dump, config):
     """A state dict with exactly the official seg checkpoint's keys and shapes loads into backbone + head."""
     arch = config.split('_')[0]
-    g = torch.Generator().manual_seed(0)
-    ckpt = {}
-    for prefix in ('backbone.', 'head.'):
-        for k, shape in read_key_dump(dump, prefix).items():
-            ckpt[prefix + k] = (torch.randint(0, 5, shape, generator=g) if k.endswith('num_batches_tracked')
-                                else torch.randn(shape, generator=g))
+    ckpt = published_layout(dump)
     assert detect_mit_format(ckpt) == 'official'
     backbone, head = build_efficientvit_backbone(arch), EfficientViTSegHead.from_config(config)
     report = backbone.load_pretrained({'state_dict': ckpt})
@@ -225,7 +202,7 @@ def test_timm_conversion_gives_official_cls_keys():
         with torch.device('meta'):
             sd = timm.create_model(f'efficientvit_{arch}').state_dict()
         converted = convert_mit_state_dict(sd)
-        assert shapes(converted) == read_key_dump(dump, '')
+        assert shapes(converted) == key_dump(dump, '')
 
 
 # ----------------------------------------------------------------------------------------------------------------

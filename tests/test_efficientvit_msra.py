@@ -11,7 +11,6 @@ import copy
 import fractions
 import itertools
 import math
-import os
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from conftest import load_tool, randomize_
+from conftest import key_dump, load_tool, needs_keys, randomize_
 
 from evit_mm.models.checkpoint import CheckpointMismatchError
 from evit_mm.models.convert_msra import convert_msra_state_dict, detect_msra_format, infer_msra_arch
@@ -33,9 +32,6 @@ except ImportError:  # pragma: no cover
     timm = None
 
 needs_timm = pytest.mark.skipif(timm is None, reason='timm is not installed')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE_KEYS = os.environ.get('EVIT_MM_REFERENCE_KEYS', os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared', 'reference', 'keys'))
 ARCHS = sorted(ARCH_SETTINGS)
 BN = nn.modules.batchnorm._BatchNorm
 
@@ -125,18 +121,6 @@ def cream_det_state_dict(cls_sd, window: int = 7) -> dict[str, torch.Tensor]:
         if key.endswith('attention_biases'):
             out[key.replace('attention_biases', 'attention_bias_idxs')] = cream_offset_index(window)
     return out
-
-
-def read_key_dump(name: str) -> dict[str, tuple]:
-    path = os.path.join(REFERENCE_KEYS, name)
-    if not os.path.isfile(path):
-        pytest.skip(f'reference key dump {path} not available')
-    dump = {}
-    with open(path) as f:
-        for line in f:
-            key, shape = line.rstrip('\n').split('\t')
-            dump[key] = tuple(int(v) for v in shape.strip('()').split(',') if v.strip())
-    return dump
 
 
 # ----------------------------------------------------------------------------------------------------- architecture
@@ -256,10 +240,11 @@ def test_parity_with_timm_float64():
 
 # ----------------------------------------------------------------------------------------------------- checkpoints
 @needs_timm
+@needs_keys
 def test_cream_key_mapping_reproduces_reference_dumps():
     """The Cream-layout dicts built by these tests have exactly the keys/shapes of the real Cream M4 models."""
-    cls_dump = read_key_dump('cream_m4_keys.txt')
-    det_dump = read_key_dump('cream_downstream_m4_keys.txt')
+    cls_dump = key_dump('cream_m4_keys.txt')
+    det_dump = key_dump('cream_downstream_m4_keys.txt')
     cls_sd = cream_cls_state_dict(timm_model('m4', 224).state_dict())
     assert {k: tuple(v.shape) for k, v in cls_sd.items()} == cls_dump
     det_sd = cream_det_state_dict(cls_sd)

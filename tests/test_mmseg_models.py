@@ -2,7 +2,6 @@
 ShortSideResize transform and the optimizer constructor. Random weights, small inputs, no downloads."""
 from __future__ import annotations
 
-import os
 import os.path as osp
 
 import numpy as np
@@ -10,13 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, randomize_
+from conftest import ROOT, needs_keys, published_layout, randomize_
 
 CONFIG_DIR = osp.join(ROOT, 'configs', 'efficientvit_seg')
 CITY_B1 = 'efficientvit-b1_seg_8xb2-160k_cityscapes-1024x2048.py'
 ADE_B1 = 'efficientvit-b1_seg_8xb2-160k_ade20k-512x512.py'
-KEYS_DIR = os.environ.get('EVIT_MM_REFERENCE_KEYS', osp.join(osp.dirname(ROOT), 'shared', 'reference', 'keys'))
-needs_keys = pytest.mark.skipif(not osp.isdir(KEYS_DIR), reason='reference key dumps not available')
 
 
 def load_cfg(name):
@@ -50,29 +47,6 @@ def sample(ori_shape, img_shape=None, pad=(0, 0, 0, 0), gt=None, num_classes=19,
     if gt is not None:
         s.gt_sem_seg = PixelData(data=gt)
     return s
-
-
-def read_key_dump(name):
-    out = {}
-    with open(osp.join(KEYS_DIR, name)) as f:
-        for line in f:
-            key, shape = line.rstrip('\n').split('\t')
-            out[key] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-    return out
-
-
-def official_state_dict(dump, seed=0):
-    """A state dict with exactly the keys and shapes of an official seg checkpoint, random values."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in read_key_dump(dump).items():
-        if key.endswith('num_batches_tracked'):
-            sd[key] = torch.tensor(7)
-        elif key.endswith('running_var'):
-            sd[key] = torch.rand(shape, generator=g) + 0.5
-        else:
-            sd[key] = torch.randn(shape, generator=g) * 0.1
-    return sd
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,7 +215,7 @@ def test_official_seg_checkpoint_loads_strictly(tmp_path, dump, config):
     from mmengine.runner.checkpoint import load_checkpoint
 
     from evit_mm.mmseg import official_seg_to_mmseg
-    official = official_state_dict(dump)
+    official = published_layout(dump)
     path = str(tmp_path / 'official.pt')
     torch.save({'state_dict': official}, path)
     # the mmseg model's keys are the official ones with head. -> decode_head.
@@ -282,7 +256,7 @@ def test_official_seg_checkpoint_loads_strictly(tmp_path, dump, config):
 @needs_keys
 def test_checkpoint_mismatch_names_the_keys(tmp_path):
     from evit_mm.models.checkpoint import CheckpointMismatchError
-    official = official_state_dict('seg_b1_cityscapes.txt')
+    official = published_layout('seg_b1_cityscapes.txt')
     broken = dict(official)
     del broken['head.middle.op_list.1.main.depth_conv.conv.weight']
     broken['head.extra.weight'] = torch.zeros(1)
@@ -305,7 +279,7 @@ def test_checkpoint_mismatch_names_the_keys(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r'middle\.op_list\.1\.main\.depth_conv\.conv\.weight'):
         MODELS.build(cfg.model).init_weights()
     # an ADE20K checkpoint in a Cityscapes model: the classifier's shape is named
-    ade = official_state_dict('seg_b2_ade20k.txt')
+    ade = published_layout('seg_b2_ade20k.txt')
     path = str(tmp_path / 'ade.pt')
     torch.save(ade, path)
     model = build('efficientvit-b2_seg_8xb2-160k_cityscapes-1024x2048.py',

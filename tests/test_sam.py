@@ -7,14 +7,12 @@ statistics (no downloads: no checkpoint is available offline); ours must load th
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import randomize_
+from conftest import key_dump, needs_keys, randomize_
 
 from evit_mm.models.checkpoint import CheckpointMismatchError
 from evit_mm.models.sam import (SAM_VARIANTS, EfficientViTSam, build_efficientvit_sam, detect_sam_checkpoint_format,
@@ -24,10 +22,6 @@ from evit_mm.sam import EfficientViTSamAutomaticMaskGenerator, EfficientViTSamPr
 skimage_data = pytest.importorskip('skimage.data')
 ref_sam = pytest.importorskip('efficientsam.models.efficientvit.sam')
 ref_set_norm_eps = pytest.importorskip('efficientsam.models.nn.norm').set_norm_eps
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS_DIR = os.environ.get('EVIT_MM_REFERENCE_KEYS', os.path.join(os.path.dirname(ROOT), 'shared', 'reference', 'keys'))
-needs_keys = pytest.mark.skipif(not os.path.isdir(KEYS_DIR), reason='reference key dumps not available')
 
 TOL = 1e-5
 
@@ -46,15 +40,6 @@ def reference_model(variant: str, image_size: int, seed: int = 0):
     model = randomize_(model.to_empty(device='cpu'), seed, what='state_dict')
     ref_set_norm_eps(model, 1e-6)
     return model.eval()
-
-
-def read_key_dump(name):
-    out = {}
-    with open(os.path.join(KEYS_DIR, name)) as f:
-        for line in f:
-            key, shape = line.rstrip('\n').split('\t')
-            out[key] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-    return out
 
 
 def assert_close(got, want, tol=TOL, what='', min_scale=0.05):
@@ -118,7 +103,7 @@ def test_keys_and_shapes_equal_official_checkpoint(variant, dump):
     with torch.device('meta'):
         model = build_efficientvit_sam(variant)
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    want = read_key_dump(dump)
+    want = key_dump(dump)
     assert set(got) == set(want), (sorted(set(got) - set(want))[:10], sorted(set(want) - set(got))[:10])
     assert got == want
 
