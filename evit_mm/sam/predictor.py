@@ -15,8 +15,9 @@ written for SAM (its automatic mask generator included) runs unchanged. What dif
   then returns ``(B, C, H, W)`` masks (SAM 2's convention);
 * inputs are checked and give ``ValueError``/``RuntimeError`` with a message instead of an assertion or a
   failure deep inside torch (see :meth:`predict_torch` for the rules: NaN coordinates, label values, shapes,
-  empty prompt arrays, boxes outside the image, no prompt at all); images may be grayscale, RGBA, 16-bit or
-  float (see :func:`~evit_mm.sam.transforms.as_rgb_uint8`);
+  empty prompt arrays, boxes outside the image, no prompt at all); the prompts' checks, frame transform and
+  batching live in :class:`~evit_mm.sam.prompts.SamPrompts`; images may be grayscale, RGBA, 16-bit or float (see
+  :func:`~evit_mm.sam.transforms.as_rgb_uint8`);
 * one predictor can be shared by threads: the image state is **per thread** (each thread predicts on the image
   it set last; a thread that has set none uses the image set last by any thread), and a prediction reads one
   consistent snapshot of it (see :class:`EfficientViTSamPredictor`);
@@ -42,25 +43,12 @@ from segment_anything import SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..models.layers import _autocast_enabled
+from .prompts import VALID_POINT_LABELS, SamPrompts
 from .transforms import EfficientViTSamTransform, as_rgb_uint8, get_preprocess_shape, resize_longest_side
 
 __all__ = ['EfficientViTSamPredictor', 'VALID_POINT_LABELS', 'cpu_has_fast_bf16', 'SlowCpuBf16Warning']
 
-#: SAM's point labels: -1 padding (ignored), 0 background, 1 foreground, 2/3 box corners.
-VALID_POINT_LABELS = (-1, 0, 1, 2, 3)
-
 ArrayLike = Union[np.ndarray, Sequence]
-
-
-def _np(x, what: str, dtype=np.float64) -> Optional[np.ndarray]:
-    if x is None:
-        return None
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    try:
-        return np.asarray(x, dtype=dtype)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f'{what} must be a numeric array, got {type(x).__name__}: {e}') from None
 
 
 class SlowCpuBf16Warning(RuntimeWarning):
@@ -326,69 +314,17 @@ class EfficientViTSamPredictor(SamPredictor):
         return self._predict(self._state, image_index, point_coords, point_labels, box, mask_input, multimask_output,
                              return_logits)
 
+    @torch.no_grad()
     def _predict(self, state: Optional[_ImageState], image_index: Optional[int], point_coords, point_labels, box,
                  mask_input, multimask_output: bool, return_logits: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`predict` on the snapshot ``state`` (one snapshot for the whole call: threads)."""
         idx = self._image_index(image_index, state)
-        orig = state.original_sizes[idx]
-        coords = _np(point_coords, 'point_coords')
-        labels = _np(point_labels, 'point_labels')
-        boxes = _np(box, 'box')
-        masks_in = _np(mask_input, 'mask_input', np.float32)
-        batched = False
-
-        if coords is not None and coords.size == 0:
-            if labels is not None and labels.size:
-                raise ValueError(f'point_coords is empty but point_labels has {labels.size} entries')
-            coords = labels = None
-        elif labels is not None and labels.size == 0 and coords is None:
-            labels = None
-        if coords is not None:
-            if labels is None:
-                raise ValueError('point_labels must be supplied if point_coords is supplied.')
-            if coords.ndim == 2:
-                coords = coords[None]
-            elif coords.ndim == 3:
-                batched = True
-            if coords.ndim != 3 or coords.shape[-1] != 2:
-                raise ValueError(f'point_coords must be (N, 2) or (B, N, 2), got {np.shape(point_coords)}')
-            if labels.ndim == 1:
-                labels = labels[None]
-            if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
-                raise ValueError('point_labels must be integers')
-            if labels.shape != coords.shape[:2]:
-                raise ValueError(f'point_labels {np.shape(point_labels)} does not match point_coords '
-                                 f'{np.shape(point_coords)}: one label per point')
-            coords = self.transform.apply_coords(coords, orig)
-        elif labels is not None:
-            raise ValueError('point_labels given without point_coords')
-
-        if boxes is not None and boxes.size == 0:
-            boxes = None
-        if boxes is not None:
-            if boxes.ndim == 1:
-                boxes = boxes[None]
-            if boxes.ndim != 2 or boxes.shape[-1] != 4:
-                raise ValueError(f'box must be (4,) or (B, 4) XYXY, got {np.shape(box)}')
-            batched = batched or boxes.shape[0] > 1
-            boxes = self.transform.apply_boxes(boxes, orig)
-
-        if masks_in is not None:
-            if masks_in.ndim == 2:
-                masks_in = masks_in[None]
-            if masks_in.ndim == 3:
-                masks_in = masks_in[None]
-            elif masks_in.ndim == 4:
-                batched = True
-
-        device = self.device
-        to = (lambda a, dt=torch.float32: None if a is None else torch.as_tensor(a, dtype=dt, device=device))
-        masks, iou, low_res = self._predict_torch(
-            state, idx, to(coords), to(labels, torch.int), to(boxes), to(masks_in), multimask_output, return_logits)
-        masks, iou, low_res = (t.detach().cpu().numpy() for t in (masks, iou, low_res))
-        if batched:
-            return masks, iou, low_res
-        return masks[0], iou[0], low_res[0]
+        prompts = SamPrompts.from_arrays(point_coords, point_labels, box, mask_input,
+                                         original_size=state.original_sizes[idx], prompt_size=self.prompt_size,
+                                         device=self.device)
+        outputs = self._predict_torch(state, idx, self._checked(prompts, state, idx), multimask_output, return_logits)
+        masks, iou, low_res = (t.detach().cpu().numpy() for t in outputs)
+        return (masks, iou, low_res) if prompts.batched else (masks[0], iou[0], low_res[0])
 
     @torch.no_grad()
     def predict_torch(self, point_coords: Optional[torch.Tensor] = None, point_labels: Optional[torch.Tensor] = None,
@@ -414,84 +350,17 @@ class EfficientViTSamPredictor(SamPredictor):
         """
         state = self._state
         idx = self._image_index(image_index, state)
-        return self._predict_torch(state, idx, point_coords, point_labels, boxes, mask_input, multimask_output,
-                                   return_logits)
+        prompts = SamPrompts(point_coords, point_labels, boxes, mask_input)
+        return self._predict_torch(state, idx, self._checked(prompts, state, idx), multimask_output, return_logits)
 
-    def _predict_torch(self, state: _ImageState, idx: int, point_coords: Optional[torch.Tensor],
-                       point_labels: Optional[torch.Tensor], boxes: Optional[torch.Tensor],
-                       mask_input: Optional[torch.Tensor], multimask_output: bool,
+    def _checked(self, prompts: SamPrompts, state: _ImageState, idx: int) -> SamPrompts:
+        """``prompts`` checked for image ``idx`` of ``state`` (:meth:`SamPrompts.checked`), on the model's device."""
+        return prompts.checked(state.input_sizes[idx], self.model.prompt_encoder.mask_input_size, self.device)
+
+    def _predict_torch(self, state: _ImageState, idx: int, prompts: SamPrompts, multimask_output: bool,
                        return_logits: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`predict_torch` on image ``idx`` of the snapshot ``state``."""
-        in_h, in_w = state.input_sizes[idx]
-        device = self.device
-        bs = set()
-
-        if point_coords is not None and point_coords.numel() == 0 and point_coords.dim() == 3:
-            point_coords = None
-            point_labels = None if point_labels is None or point_labels.numel() == 0 else point_labels
-        if point_coords is not None:
-            if point_labels is None:
-                raise ValueError('point_labels must be supplied if point_coords is supplied.')
-            if point_coords.dim() != 3 or point_coords.shape[-1] != 2:
-                raise ValueError(f'point_coords must be (B, N, 2), got {tuple(point_coords.shape)}')
-            if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
-                raise ValueError(f'point_labels {tuple(point_labels.shape)} does not match point_coords '
-                                 f'{tuple(point_coords.shape)}: expected (B, N)')
-            point_coords = point_coords.to(device=device, dtype=torch.float32)
-            if not torch.isfinite(point_coords).all():
-                raise ValueError('point_coords contains NaN or infinite values')
-            labels_f = point_labels.to(torch.float64)
-            if not (torch.isfinite(labels_f).all() and (labels_f == labels_f.round()).all()):
-                raise ValueError('point_labels must be integers')
-            point_labels = point_labels.to(device=device, dtype=torch.int)
-            bad = ~torch.isin(point_labels, torch.tensor(VALID_POINT_LABELS, device=device, dtype=torch.int))
-            if bad.any():
-                raise ValueError(f'point_labels must be in {VALID_POINT_LABELS} (1 foreground, 0 background), got '
-                                 f'{sorted(set(point_labels[bad].tolist()))}')
-            bs.add(point_coords.shape[0])
-        elif point_labels is not None:
-            raise ValueError('point_labels given without point_coords')
-
-        if boxes is not None and boxes.numel() == 0:
-            boxes = None
-        if boxes is not None:
-            if boxes.dim() == 3 and boxes.shape[1] == 1:
-                boxes = boxes[:, 0]
-            if boxes.dim() != 2 or boxes.shape[-1] != 4:
-                raise ValueError(f'boxes must be (B, 4) XYXY, got {tuple(boxes.shape)}')
-            boxes = boxes.to(device=device, dtype=torch.float32)
-            if not torch.isfinite(boxes).all():
-                raise ValueError('boxes contain NaN or infinite values')
-            x0, y0, x1, y1 = boxes.unbind(-1)
-            if ((x1 < x0) | (y1 < y0)).any():
-                raise ValueError(f'boxes must be XYXY with x0 <= x1 and y0 <= y1, got {boxes[(x1 < x0) | (y1 < y0)]}')
-            outside = (x1 < 0) | (y1 < 0) | (x0 > in_w) | (y0 > in_h)
-            if outside.any():
-                raise ValueError(f'{int(outside.sum())} box(es) lie entirely outside the image')
-            boxes = torch.stack([x0.clamp(0, in_w), y0.clamp(0, in_h), x1.clamp(0, in_w), y1.clamp(0, in_h)], -1)
-            bs.add(boxes.shape[0])
-
-        if mask_input is not None:
-            mh, mw = self.model.prompt_encoder.mask_input_size
-            if mask_input.dim() != 4 or tuple(mask_input.shape[1:]) != (1, mh, mw):
-                raise ValueError(f'mask_input must be (B, 1, {mh}, {mw}) low-res logits, got {tuple(mask_input.shape)}')
-            mask_input = mask_input.to(device=device, dtype=torch.float32)
-            if not torch.isfinite(mask_input).all():
-                raise ValueError('mask_input contains NaN or infinite values')
-            bs.add(mask_input.shape[0])
-
-        if not bs:
-            raise ValueError('no prompt given: pass point_coords + point_labels, a box and/or mask_input')
-        if len(bs) > 1:
-            raise ValueError(f'the prompts disagree on the batch size B: {sorted(bs)}')
-        if point_coords is not None and boxes is None and mask_input is None:
-            padding_only = (point_labels == -1).all(dim=1)
-            if padding_only.any():
-                raise ValueError(f'prompt set(s) {padding_only.nonzero()[:, 0].tolist()} hold only padding points '
-                                 '(label -1, which SAM ignores) and no box or mask_input: no prompt given')
-
-        points = (point_coords, point_labels) if point_coords is not None else None
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        """The model on image ``idx`` of the snapshot ``state`` for checked ``prompts``."""
+        sparse, dense = prompts.encode(self.model.prompt_encoder)
         low_res, iou = self.model.mask_decoder(
             image_embeddings=self._embedding(state, idx), image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output)
