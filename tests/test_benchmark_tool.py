@@ -11,7 +11,6 @@ import torch
 
 from conftest import ROOT, load_tool
 from evit_mm.benchmark import candidates, report, specs, timer
-from evit_mm.models.bn_folding import fold_batchnorm
 from evit_mm.models.classifier import EfficientViTMClassifier, imagenet_windows
 
 TOOL = osp.join(ROOT, 'tools', 'benchmark.py')
@@ -257,7 +256,7 @@ def test_fold_batchnorm_removes_every_bn_of_mobilenetv3_and_keeps_its_function()
     model = randomize_(timm.create_model('mobilenetv3_large_100'), 0, 'batchnorm', bn_weights=True).eval()
     x = torch.randn(2, 3, 64, 64)
     before = copy.deepcopy(model)
-    folded = fold_batchnorm(model, x[:1])
+    folded = candidates.fold_batchnorm(model, x[:1])
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 40  # the input model is untouched
     with torch.no_grad():
