@@ -14,7 +14,6 @@ timm, the mm libraries and segment_anything are imported only when a model that 
 """
 from __future__ import annotations
 
-import os.path as osp
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -331,10 +330,6 @@ def _sr_spec(preset: str, width: float) -> ModelSpec:
                      cpu_batch=1, peers=('swinir', 'edsr', 'restormer'))
 
 
-def _sr_available() -> bool:
-    return osp.exists(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'models', 'sr.py'))
-
-
 def _archs(family: str, prefix: str, suffix: str = '') -> list[str]:
     """The archs of a registry family (``efficientvit_b`` -> b0 .. b3), from the registry's names."""
     return [n[len(prefix):len(n) - len(suffix)] for n in list_models(f'{prefix}*{suffix}')
@@ -347,8 +342,7 @@ def _all_specs() -> dict[str, ModelSpec]:
     specs += [_mit_spec(a, a != 'l0') for a in _archs('efficientvit_l', 'efficientvit_')]  # timm has no L0
     specs += [_seg_spec(a) for a in _archs('efficientvit_seg', 'efficientvit_seg_', '_cityscapes')]
     specs += [_sam_spec(v) for v in _archs('efficientvit_sam', 'efficientvit_sam_')]
-    if _sr_available():
-        specs += [_sr_spec(p, w) for p in ('lightweight', 'highres') for w in (1.0, 0.75)]
+    specs += [_sr_spec(p, w) for p in ('lightweight', 'highres') for w in (1.0, 0.75)]
     return {s.name: s for s in specs}
 
 
