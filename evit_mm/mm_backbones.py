@@ -1,19 +1,4 @@
-"""The backbones that both the mmdet and the mmseg adapter register (imports mmengine and segment_anything, through
-the SAM encoder, but neither mmdet nor mmseg: each adapter passes its own registry)."""
-from __future__ import annotations
+"""Deprecated: moved to :mod:`evit_mm.mm.backbones`; this path will be removed in the next release."""
+from evit_mm.mm._moved import alias_old_path
 
-from .mm_common import mm_module
-from .models import efficientvit_mit, efficientvit_msra, sam
-
-__all__ = ['register_backbones']
-
-
-def register_backbones(registry) -> tuple[type, ...]:
-    """Register the backbones every detection/segmentation adapter offers in ``registry`` (mmdet's or mmseg's
-    ``MODELS``): ``EfficientViTM``, ``EfficientViTB``, ``EfficientViTL`` and ``EfficientViTSamEncoder``
-    (EfficientViT-SAM's image encoder). Returns the registered classes in that order."""
-    return (registry.register_module(module=mm_module(efficientvit_msra.EfficientViTM)),
-            registry.register_module(module=mm_module(efficientvit_mit.EfficientViTB)),
-            registry.register_module(module=mm_module(efficientvit_mit.EfficientViTL)),
-            registry.register_module(name='EfficientViTSamEncoder',
-                                     module=mm_module(sam.EfficientViTSamBackbone, name='EfficientViTSamEncoder')))
+alias_old_path(__name__, 'evit_mm.mm.backbones')

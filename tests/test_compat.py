@@ -1,11 +1,12 @@
-"""evit_mm's compatibility fixes for the OpenMMLab stack on torch 2.14 (see evit_mm/compat)."""
+"""evit_mm's compatibility fixes for the OpenMMLab stack on torch 2.14 (see evit_mm/mm/compat), and the old import
+paths of evit_mm.mm's modules."""
 import pickle
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import run_python
+from conftest import ROOT, run_python
 
 
 class CustomMeta:
@@ -65,7 +66,7 @@ except Exception as err:
 
 
 def test_runner_checkpoint_resumes(tmp_path):
-    from evit_mm.compat import apply_all
+    from evit_mm.mm.compat import apply_all
     apply_all()
     first = _toy_runner(tmp_path, max_epochs=1)
     first.train()
@@ -87,7 +88,7 @@ def test_runner_checkpoint_resumes(tmp_path):
 
 
 def test_load_from_and_auto_resume(tmp_path):
-    from evit_mm.compat import apply_all
+    from evit_mm.mm.compat import apply_all
     apply_all()
     _toy_runner(tmp_path, max_epochs=1).train()
     auto = _toy_runner(tmp_path, max_epochs=2, resume=True)  # finds work_dir/last_checkpoint
@@ -100,7 +101,7 @@ def test_load_from_and_auto_resume(tmp_path):
 
 
 def test_untrusted_globals_are_still_refused(tmp_path, monkeypatch):
-    from evit_mm.compat import TRUST_ENV, load_local_checkpoint
+    from evit_mm.mm.compat import TRUST_ENV, load_local_checkpoint
     path = tmp_path / 'custom.pth'
     torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': CustomMeta(1)}, path)
     monkeypatch.delenv(TRUST_ENV, raising=False)
@@ -112,9 +113,136 @@ def test_untrusted_globals_are_still_refused(tmp_path, monkeypatch):
 
 
 def test_restricted_getattr_only_resolves_history_buffer_statistics(tmp_path):
-    from evit_mm.compat.mmengine_checkpoint import _restricted_getattr
+    from evit_mm.mm.compat.mmengine_checkpoint import _restricted_getattr
     from mmengine.logging.history_buffer import HistoryBuffer
     assert _restricted_getattr(HistoryBuffer, 'mean') is HistoryBuffer.mean
     for obj, name in [(HistoryBuffer, '__init__'), (torch, 'load'), (HistoryBuffer, '__class__')]:
         with pytest.raises(pickle.UnpicklingError):
             _restricted_getattr(obj, name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the mm glue moved into evit_mm.mm: the old paths work for one release, with a DeprecationWarning
+# ----------------------------------------------------------------------------------------------------------------
+
+#: old path -> new path (the old modules are shims: evit_mm/mm/_moved.py)
+MOVED = {'evit_mm.mm_common': 'evit_mm.mm.common', 'evit_mm.mm_backbones': 'evit_mm.mm.backbones',
+         'evit_mm.engine': 'evit_mm.mm.hooks', 'evit_mm.runner_loading': 'evit_mm.mm.loading',
+         'evit_mm.mm_weights': 'evit_mm.mm.weights', 'evit_mm.compat': 'evit_mm.mm.compat',
+         'evit_mm.compat.mmengine_checkpoint': 'evit_mm.mm.compat.mmengine_checkpoint',
+         'evit_mm.compat.mmengine_dist': 'evit_mm.mm.compat.mmengine_dist'}
+
+
+def test_old_import_paths_give_the_same_objects_with_one_deprecation_warning():
+    """In a fresh interpreter, importing each old path warns once (a DeprecationWarning naming the new path and
+    the removal, pointing at the importing line), and gives the new module itself: the same objects, the hook
+    registered once. ``evit_mm.compat`` is one warning for the package and its two modules, whichever is first."""
+    code = f"""
+import importlib, json, warnings
+MOVED = {MOVED!r}
+for new in MOVED.values():  # the new modules first: what the old paths bring is then only their own warning
+    importlib.import_module(new)
+from mmengine.registry import HOOKS
+counts, same, where = {{}}, {{}}, {{}}
+for old in ['evit_mm.compat.mmengine_checkpoint', 'evit_mm.compat.mmengine_dist', 'evit_mm.compat',
+            'evit_mm.mm_common', 'evit_mm.mm_backbones', 'evit_mm.engine', 'evit_mm.runner_loading',
+            'evit_mm.mm_weights']:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        module = importlib.import_module(old)
+        again = importlib.import_module(old)
+    mine = [w for w in caught if 'evit_mm.' in str(w.message)]
+    assert all(w.category is DeprecationWarning for w in mine), [str(w.message) for w in mine]
+    counts[old] = [str(w.message) for w in mine]
+    where[old] = sorted({{w.filename for w in mine}})
+    same[old] = module is again is importlib.import_module(MOVED[old])
+from evit_mm.engine import AtomicCheckpointHook
+from evit_mm.mm_common import load_pretrained_from_cfg, mm_module
+from evit_mm.runner_loading import use_checked_loading
+from evit_mm.compat import apply_all
+from evit_mm.compat.mmengine_checkpoint import _restricted_getattr
+import evit_mm.mm.common, evit_mm.mm.compat, evit_mm.mm.hooks, evit_mm.mm.loading
+same['objects'] = (AtomicCheckpointHook is evit_mm.mm.hooks.AtomicCheckpointHook is HOOKS.get('CheckpointHook')
+                   is HOOKS.get('AtomicCheckpointHook')
+                   and mm_module is evit_mm.mm.common.mm_module
+                   and load_pretrained_from_cfg is evit_mm.mm.common.load_pretrained_from_cfg
+                   and use_checked_loading is evit_mm.mm.loading.use_checked_loading
+                   and apply_all is evit_mm.mm.compat.apply_all
+                   and _restricted_getattr is evit_mm.mm.compat.mmengine_checkpoint._restricted_getattr)
+print(json.dumps(dict(counts=counts, same=same, where=where)))
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import json
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(result['same'].values()), result['same']
+    counts = result['counts']
+    # the compat package and its modules: one warning, from the first of them imported
+    assert len(counts.pop('evit_mm.compat.mmengine_checkpoint')) == 1
+    assert counts.pop('evit_mm.compat.mmengine_dist') == [] and counts.pop('evit_mm.compat') == []
+    for old, messages in counts.items():
+        assert len(messages) == 1, (old, messages)
+        assert messages[0].startswith(f'{old} is deprecated') and MOVED[old] in messages[0] \
+            and 'removed in the next release' in messages[0], messages[0]
+    assert all(files == ['<string>'] for files in result['where'].values() if files), result['where']  # importer
+
+
+def test_old_compat_submodule_first_in_a_fresh_interpreter():
+    """``import evit_mm.compat.mmengine_checkpoint`` before anything else: one warning, the new module."""
+    code = """
+import warnings
+warnings.simplefilter('always')
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    from evit_mm.compat.mmengine_dist import prepare_cpu_distributed
+import evit_mm.mm.compat.mmengine_dist as new
+mine = [str(w.message) for w in caught if 'evit_mm.' in str(w.message)]
+print(len(mine), prepare_cpu_distributed is new.prepare_cpu_distributed, 'evit_mm.mm.compat' in mine[0])
+"""
+    proc = run_python(code)
+    assert proc.stdout.split() == ['1', 'True', 'True'], proc.stdout + proc.stderr
+
+
+def _old_path_imports(path, package, old=tuple(MOVED)):
+    """The module paths among ``old`` that the file at ``path`` (a module of ``package``) imports, relative imports
+    resolved, or, in configs/, names as a string (``custom_imports``)."""
+    import ast
+    found = []
+    for node in ast.walk(ast.parse(open(path).read())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                parts = package.split('.')
+                parent = '.'.join(parts[:len(parts) - node.level + 1])
+                base = f'{parent}.{base}' if base else parent
+            names = [base] + [f'{base}.{alias.name}' for alias in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and package.startswith('configs'):
+            names = [node.value]
+        found += [n for n in names if n in old or n.startswith(tuple(f'{o}.' for o in old))]
+    return found
+
+
+def test_nothing_in_the_package_tools_or_configs_uses_an_old_path():
+    """evit_mm/, tools/ and configs/ import evit_mm.mm's modules by their new paths (the shims are for users)."""
+    import glob
+    import os.path as osp
+    offenders = {}
+    for top in ('evit_mm', 'tools', 'configs'):
+        for path in glob.glob(osp.join(ROOT, top, '**', '*.py'), recursive=True):
+            rel = osp.relpath(path, ROOT)
+            if '.mim' in rel.split(osp.sep):
+                continue
+            module = rel[:-3].replace(osp.sep, '.')
+            package = module[:-len('.__init__')] if module.endswith('.__init__') else module.rpartition('.')[0]
+            found = _old_path_imports(path, package)
+            if found:
+                offenders[rel] = found
+    assert not offenders, offenders
+    # the check sees relative imports (what the moved modules use) and the configs' strings
+    assert _old_path_imports(osp.join(ROOT, 'evit_mm', 'mm', 'compat', '__init__.py'), 'evit_mm.mm.compat',
+                             old=('evit_mm.mm.hooks',)) == ['evit_mm.mm.hooks']
+    config = osp.join(ROOT, 'configs', 'efficientvit_seg', '_base_', 'efficientvit_seg_160k.py')
+    assert _old_path_imports(config, 'configs.efficientvit_seg._base_', old=('evit_mm.mmseg',)) == ['evit_mm.mmseg']

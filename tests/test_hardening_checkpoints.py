@@ -101,7 +101,7 @@ def test_test_tool_refuses_an_unrelated_checkpoint(seg_setup, tmp_path):
 
 def test_test_tool_loads_a_matching_checkpoint_strictly(seg_setup, tmp_path):
     """The strict path loads every weight (compared with the model that wrote the checkpoint)."""
-    from evit_mm.runner_loading import use_checked_loading
+    from evit_mm.mm.loading import use_checked_loading
     runner_utils = load_tool('_runner_utils')
     build_runner, load_config = runner_utils.build_runner, runner_utils.load_config
     cfg = load_config(seg_setup['config'])
@@ -137,7 +137,7 @@ def _toy_runner(model, resume=False):
 
 def test_load_from_loads_strictly_and_resume_is_unchanged(tmp_path):
     """train.py's load_from goes through the same strict loader; resume keeps mmengine's own loading."""
-    from evit_mm.runner_loading import use_checked_loading
+    from evit_mm.mm.loading import use_checked_loading
     calls = []
     runner = _toy_runner(nn.Linear(2, 2))
     runner.load_checkpoint = lambda filename, map_location='cpu', **kw: calls.append((filename, kw)) or {}
@@ -203,7 +203,7 @@ def retinanet_m0():
 def test_raw_cream_detector_checkpoint_is_converted(retinanet_m0, tmp_path):
     """A Cream detector file (mmdet 2.x, backbone in Cream's layout) given to test.py / load_from."""
     from evit_mm.models.convert_msra import convert_msra_state_dict
-    from evit_mm.runner_loading import load_checkpoint_checked
+    from evit_mm.mm.loading import load_checkpoint_checked
     source = retinanet_m0(0)
     sd = source.state_dict()
     cream = {(f'backbone.{_evit_to_cream(k[9:])}' if k.startswith('backbone.') else k): v for k, v in sd.items()}
@@ -228,7 +228,7 @@ def test_raw_cream_detector_checkpoint_is_converted(retinanet_m0, tmp_path):
 
 def test_nonfinite_weights_refused_by_the_tools(tmp_path):
     from evit_mm.models.checkpoint import NonFiniteWeightsError
-    from evit_mm.runner_loading import load_checkpoint_checked
+    from evit_mm.mm.loading import load_checkpoint_checked
     model = nn.Linear(2, 2)
     sd = model.state_dict()
     sd['weight'] = torch.tensor([[1.0, float('nan')], [0.0, 1.0]])
@@ -256,11 +256,11 @@ def _toy_mmengine_model():
 
 
 def test_use_checked_loading_from_the_package_on_a_runner(tmp_path):
-    """One's own script: a plain mmengine Runner, made strict with ``evit_mm.runner_loading`` (no tools/)."""
+    """One's own script: a plain mmengine Runner, made strict with ``evit_mm.mm.loading`` (no tools/)."""
     from mmengine.runner import Runner
 
     from evit_mm.models import CheckpointMismatchError
-    from evit_mm.runner_loading import use_checked_loading
+    from evit_mm.mm.loading import use_checked_loading
 
     def runner_loading(checkpoint, name, **kwargs):
         path = str(tmp_path / name)
@@ -291,7 +291,7 @@ def test_use_checked_loading_from_the_package_on_a_runner(tmp_path):
 
 
 def test_model_state_dict_strips_module_and_keeps_the_bn_metadata():
-    from evit_mm.runner_loading import model_state_dict
+    from evit_mm.mm.loading import model_state_dict
     found = torch.nn.DataParallel(nn.Sequential(nn.BatchNorm1d(2))).state_dict()
     state_dict = model_state_dict({'state_dict': found}, 'dp.pth')
     assert list(state_dict) == [k[len('module.'):] for k in found]
@@ -305,17 +305,19 @@ def test_model_state_dict_strips_module_and_keeps_the_bn_metadata():
 
 
 def test_runner_loading_needs_no_downstream_library_and_models_do_not_import_it():
-    """evit_mm.runner_loading imports mmengine and evit_mm.models only; evit_mm.models stays free of it."""
+    """evit_mm.mm.loading imports mmengine and evit_mm.models only; evit_mm.models stays free of it."""
     import ast
-    tree = ast.parse(open(osp.join(ROOT, 'evit_mm', 'runner_loading.py')).read())
+    tree = ast.parse(open(osp.join(ROOT, 'evit_mm', 'mm', 'loading.py')).read())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     roots = {name.split('.')[0] for name in imported}
     assert roots <= {'__future__', 'os', 'collections', 'mmengine', 'evit_mm'}, roots
     assert {name for name in imported if name.startswith('evit_mm')} <= {
-        'evit_mm.models', 'evit_mm.models.checkpoint', 'evit_mm.models.efficientvit_msra'}
+        'evit_mm.models', 'evit_mm.models.checkpoint', 'evit_mm.models.convert_msra',
+        'evit_mm.models.efficientvit_msra'}
     for path in glob.glob(osp.join(ROOT, 'evit_mm', 'models', '**', '*.py'), recursive=True):
-        assert 'runner_loading' not in open(path).read(), path
+        source = open(path).read()
+        assert 'runner_loading' not in source and not re.search(r'evit_mm\.mm\b|from \.\.mm\b', source), path
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,7 +325,7 @@ def test_runner_loading_needs_no_downstream_library_and_models_do_not_import_it(
 # ----------------------------------------------------------------------------------------------------------------
 
 def test_trust_is_scoped_to_the_listed_files(tmp_path, monkeypatch):
-    from evit_mm.compat import TRUST_ENV, load_local_checkpoint
+    from evit_mm.mm.compat import TRUST_ENV, load_local_checkpoint
     listed, other = tmp_path / 'listed.pth', tmp_path / 'other.pth'
     for path in (listed, other):
         torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': CustomMeta(1)}, path)
@@ -347,7 +349,7 @@ def test_downloaded_pretrained_file_is_loaded_weights_only(tmp_path, monkeypatch
     """mmengine downloads http(s):// checkpoints with torch.hub.load_state_dict_from_url(weights_only=False);
     evit_mm's loader downloads into torch.hub's folder and loads the file weights-only."""
     from mmengine.runner.checkpoint import CheckpointLoader
-    from evit_mm.compat import TRUST_ENV, apply_all
+    from evit_mm.mm.compat import TRUST_ENV, apply_all
     apply_all()
     served = tmp_path / 'served.pth'
     torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': CustomMeta(2)}, served)
@@ -375,7 +377,7 @@ def test_empty_history_buffer_checkpoint_loads_weights_only(tmp_path, monkeypatc
     """An empty HistoryBuffer pickles builtins.bytes; mmengine's load_checkpoint of such a file failed."""
     from mmengine.logging import HistoryBuffer, MessageHub
     from mmengine.runner.checkpoint import load_checkpoint
-    from evit_mm.compat import TRUST_ENV, apply_all
+    from evit_mm.mm.compat import TRUST_ENV, apply_all
     apply_all()
     monkeypatch.delenv(TRUST_ENV, raising=False)
     hub = MessageHub.get_instance('test_empty_history_buffer')
@@ -412,7 +414,7 @@ def damaged(tmp_path):
 @pytest.mark.parametrize('kind, cause', [('empty', 'is empty'), ('truncated', 'truncated')])
 def test_damaged_file_names_the_file(damaged, kind, cause):
     from mmengine.runner.checkpoint import CheckpointLoader
-    from evit_mm.compat import apply_all
+    from evit_mm.mm.compat import apply_all
     from evit_mm.models import EfficientViTM, read_checkpoint
     from evit_mm.models.checkpoint import CheckpointFileError
     apply_all()

@@ -1,5 +1,5 @@
 """Checkpoints survive a failed save, ``--resume`` survives a bad ``last_checkpoint``, and a resumed run reproduces
-the uninterrupted one (evit_mm.engine.AtomicCheckpointHook, registered as mmengine's ``CheckpointHook``)."""
+the uninterrupted one (evit_mm.mm.hooks.AtomicCheckpointHook, registered as mmengine's ``CheckpointHook``)."""
 import builtins
 import glob
 import os.path as osp
@@ -14,8 +14,8 @@ from torch import nn
 
 from conftest import ROOT, load_tool, run_python
 
-import evit_mm.engine  # noqa: F401  (registers the hook; the adapters import it too)
-from evit_mm.compat import apply_all
+import evit_mm.mm.hooks  # noqa: F401  (registers the hook; the adapters import it too)
+from evit_mm.mm.compat import apply_all
 
 apply_all()  # mmengine's checkpoint loading on this torch (the adapters apply it)
 
@@ -142,7 +142,7 @@ def _failing_put(monkeypatch, fail_on):
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from evit_mm.engine import is_loadable_checkpoint
+    from evit_mm.mm.hooks import is_loadable_checkpoint
     work = tmp_path / 'work'
     runner, _ = toy_runner(work, length=2, max_keep_ckpts=1)
     _failing_put(monkeypatch, 'epoch_2')
@@ -192,7 +192,7 @@ def _copy_work_dir(src, dst):
 
 @pytest.mark.parametrize('damage', ['empty', 'missing_target', 'truncated_target', 'no_record'])
 def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path, two_epochs, damage):
-    from evit_mm.engine import find_resume_checkpoint
+    from evit_mm.mm.hooks import find_resume_checkpoint
     work = _copy_work_dir(two_epochs, tmp_path / 'work')
     record, newest = work / 'last_checkpoint', work / 'epoch_2.pth'
     if damage == 'empty':
@@ -218,7 +218,7 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path, two_epoch
 
 
 def test_resume_without_any_checkpoint_starts_from_scratch(tmp_path):
-    from evit_mm.engine import find_resume_checkpoint
+    from evit_mm.mm.hooks import find_resume_checkpoint
     (tmp_path / 'last_checkpoint').write_text('')
     assert find_resume_checkpoint(str(tmp_path)) is None
     runner, recorder = toy_runner(tmp_path, length=1, resume=True)
@@ -237,7 +237,7 @@ def test_resume_from_a_truncated_file_names_it(tmp_path, two_epochs):
 
 def test_train_tool_resume_with_empty_last_checkpoint(tmp_path, two_epochs, monkeypatch):
     """``tools/train.py --resume`` (auto) on a work dir whose last_checkpoint is empty."""
-    from evit_mm.engine import find_resume_checkpoint
+    from evit_mm.mm.hooks import find_resume_checkpoint
     work = _copy_work_dir(two_epochs, tmp_path / 'work')
     (work / 'last_checkpoint').write_text('')
     train_tool = load_tool('train')

@@ -22,7 +22,7 @@ from torch import nn
 
 from conftest import ROOT, run_python
 
-from evit_mm.compat import apply_all
+from evit_mm.mm.compat import apply_all
 
 apply_all()
 
@@ -99,14 +99,14 @@ def _train(config, work, options, *extra, kill_at=None):
 
 
 def _weights(path):
-    from evit_mm.compat import load_local_checkpoint
+    from evit_mm.mm.compat import load_local_checkpoint
     return load_local_checkpoint(str(path), map_location='cpu')
 
 
 def _kill_and_resume(config, options, tmp_path, steps=4):
     """An uninterrupted run of ``steps`` iterations (a checkpoint every ``steps // 2``) against one killed while
     writing its last checkpoint and resumed with ``--resume``: what the kill left, then the resumed weights."""
-    from evit_mm.engine import RNG_KEY, is_loadable_checkpoint
+    from evit_mm.mm.hooks import RNG_KEY, is_loadable_checkpoint
     half, straight, work = steps // 2, tmp_path / 'straight', tmp_path / 'killed'
     options = options + [f'train_cfg.max_iters={steps}', f'default_hooks.checkpoint.interval={half}']
     proc = _train(config, straight, options)
@@ -232,8 +232,8 @@ def test_resume_refuses_nonfinite_weights(nan_checkpoint):
 def test_resume_with_allow_nonfinite_then_stops_at_the_nan_loss(nan_checkpoint):
     """The override of load_from works for --resume too (tools/train.py --allow-nonfinite goes through
     use_checked_loading); the NaN weights then give a NaN loss, which stops the run at its first iteration."""
-    from evit_mm.engine import NonFiniteLossError
-    from evit_mm.runner_loading import use_checked_loading
+    from evit_mm.mm.hooks import NonFiniteLossError
+    from evit_mm.mm.loading import use_checked_loading
     runner = _toy_runner(nan_checkpoint.parent, resume=True)
     use_checked_loading(runner, allow_nonfinite=True)
     with pytest.raises(NonFiniteLossError, match=r'loss is nan at iteration 5 \(epoch 2\)'):
@@ -242,7 +242,7 @@ def test_resume_with_allow_nonfinite_then_stops_at_the_nan_loss(nan_checkpoint):
 
 
 def test_nonfinite_loss_stops_the_run_naming_the_iteration(tmp_path):
-    from evit_mm.engine import NonFiniteLossError
+    from evit_mm.mm.hooks import NonFiniteLossError
     runner = _toy_runner(tmp_path / 'stop', nan_at=5)  # sample 5: iteration 3 (batches of 2, in order)
     with pytest.raises(NonFiniteLossError, match=r'loss is nan at iteration 3 \(epoch 1\)') as err:
         runner.train()
@@ -496,7 +496,7 @@ def test_cpu_distributed_config_logs_the_backend_that_runs():
 import os, torch.distributed as dist
 os.environ.update(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1', MASTER_PORT='29531')
 from mmengine.config import Config
-from evit_mm.compat import prepare_cpu_distributed
+from evit_mm.mm.compat import prepare_cpu_distributed
 cfg = Config(dict(launcher='pytorch', env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))))
 prepare_cpu_distributed(cfg)
 print(dist.get_backend(), cfg.env_cfg.dist_cfg.backend, cfg.env_cfg.cudnn_benchmark)
@@ -548,7 +548,7 @@ import os, types, torch, torch.distributed as dist, torch.multiprocessing as mp
 def work(rank):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29533')
     dist.init_process_group('gloo', rank=rank, world_size=2)
-    from evit_mm.engine import AtomicCheckpointHook, NonFiniteLossError
+    from evit_mm.mm.hooks import AtomicCheckpointHook, NonFiniteLossError
     from mmengine.logging import MessageHub
     hook = AtomicCheckpointHook(interval=1)
     runner = types.SimpleNamespace(iter=6, epoch=0, train_loop=None,

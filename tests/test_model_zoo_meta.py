@@ -412,7 +412,7 @@ def test_mim_search_and_download_of_an_installed_wheel(wheel_site, hosts, certif
 
     from mmengine.logging import MMLogger
 
-    from evit_mm.runner_loading import load_checkpoint_checked
+    from evit_mm.mm.loading import load_checkpoint_checked
     def runner(model):  # what load_checkpoint_checked uses of a Runner
         return SimpleNamespace(model=model, call_hook=lambda *a, **k: None, logger=MMLogger.get_current_instance())
 

@@ -55,7 +55,7 @@ def _scalars(work):
 
 
 def _weights(path):
-    from evit_mm.compat import load_local_checkpoint
+    from evit_mm.mm.compat import load_local_checkpoint
     return load_local_checkpoint(path, map_location='cpu')['state_dict']
 
 

@@ -334,7 +334,7 @@ def test_a_cream_detector_by_name_is_converted_for_a_stock_runner(server):
     from mmengine.runner.checkpoint import CheckpointLoader
 
     from evit_mm.models import create_model
-    from evit_mm.runner_loading import load_strict
+    from evit_mm.mm.loading import load_strict
     detector = create_model('retinanet_efficientvit_m4_fpn_1x_coco')
     others = {k: torch.randn_like(v) if v.is_floating_point() else v
               for k, v in detector.state_dict().items() if not k.startswith('backbone.')}

@@ -15,7 +15,7 @@ import os
 import os.path as osp
 import re
 
-from evit_mm.compat import apply_all, prepare_cpu_distributed
+from evit_mm.mm.compat import apply_all, prepare_cpu_distributed
 
 SCOPES = ('mmdet', 'mmseg', 'mmagic', 'mmengine')
 CONFIG_ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
@@ -129,7 +129,7 @@ def export_local_rank(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint loading
-# The loading itself (use_checked_loading, load_checkpoint_checked, ...) is evit_mm.runner_loading.
+# The loading itself (use_checked_loading, load_checkpoint_checked, ...) is evit_mm.mm.loading.
 def add_load_args(parser) -> None:
     """The flags of the tools that load a checkpoint into a model (tools/test.py, tools/train.py's load_from)."""
     parser.add_argument('--no-strict', dest='strict', action='store_false',

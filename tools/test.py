@@ -14,7 +14,7 @@ import argparse
 import os.path as osp
 import sys
 
-from evit_mm.runner_loading import use_checked_loading
+from evit_mm.mm.loading import use_checked_loading
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _runner_utils import (add_common_args, add_load_args, build_runner, default_work_dir,  # noqa: E402

@@ -10,7 +10,7 @@ import argparse
 import os.path as osp
 import sys
 
-from evit_mm.runner_loading import use_checked_loading
+from evit_mm.mm.loading import use_checked_loading
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _runner_utils import (add_common_args, add_load_args, build_runner, default_work_dir,  # noqa: E402
@@ -55,7 +55,7 @@ def main(argv=None):
         cfg.auto_scale_lr.enable = True
 
     if args.resume == 'auto':  # the newest complete checkpoint of the work dir, whatever last_checkpoint says
-        from evit_mm.engine import find_resume_checkpoint
+        from evit_mm.mm.hooks import find_resume_checkpoint
         cfg.load_from = find_resume_checkpoint(cfg.work_dir)
         cfg.resume = cfg.load_from is not None
     elif args.resume is not None:

@@ -2,7 +2,7 @@
 
 Configs load it with ``custom_imports = dict(imports=['evit_mm.mmdet'], allow_failed_imports=False)``, which is
 what makes ``mim train mmdet <config>`` work (mim runs mmdet's own tools/train.py). Importing it also applies
-evit_mm's torch-2.14 compatibility fixes. It imports mmdet and mmengine only, never mmseg or mmagic.
+evit_mm's torch-2.14 compatibility fixes (:mod:`evit_mm.mm`). It imports mmdet and mmengine only, never mmseg or mmagic.
 
 Registered: ``EfficientViTM`` (M0-M5), ``EfficientViTB`` (B0-B3), ``EfficientViTL`` (L0-L3, XL0/XL1) backbones
 and the ``EfficientViTFPN`` neck. Each is the pure-PyTorch core class plus mmengine's ``init_cfg``;
@@ -14,8 +14,8 @@ its anchor/RoI strides disagree (see ``stride_check``).
 """
 from mmdet.registry import MODELS
 
-from ..mm_backbones import register_backbones
-from ..mm_common import mm_module
+from ..mm.backbones import register_backbones
+from ..mm.common import mm_module
 from ..models import efficientvit_msra_fpn
 
 EfficientViTM, EfficientViTB, EfficientViTL, EfficientViTSamEncoder = register_backbones(MODELS)

@@ -26,7 +26,7 @@ def build_detector(config: str, **cfg_options):
     from . import MODELS as _registered  # noqa: F401  (evit_mm's modules, registered on import)
     from ..models.checkpoint import read_checkpoint
     from ..models.convert_msra import cream_detector_to_evit_mm
-    from ..runner_loading import cream_detector_format, load_strict
+    from ..mm.loading import cream_detector_format, load_strict
 
     register_all_modules(init_default_scope=False)  # imports mmdet's modules; the caller's scope stays
     cfg = Config.fromfile(_config_path(config))

@@ -2,7 +2,7 @@
 
 Configs load it with ``custom_imports = dict(imports=['evit_mm.mmseg'], allow_failed_imports=False)``, which
 is what makes ``mim train mmseg <config>`` work. Importing it also applies evit_mm's torch-2.14 compatibility
-fixes. It imports mmseg and mmengine only, never mmdet or mmagic.
+fixes (:mod:`evit_mm.mm`). It imports mmseg and mmengine only, never mmdet or mmagic.
 
 Registered in ``MODELS``:
 
@@ -19,7 +19,7 @@ decay on norms/biases, together). See docs/efficientvit_seg.md.
 """
 from mmseg.registry import MODELS
 
-from ..mm_backbones import register_backbones
+from ..mm.backbones import register_backbones
 from .decode_head import EfficientViTSegDecodeHead
 from .optim import EfficientViTOptimWrapperConstructor
 from .segmentor import EfficientViTEncoderDecoder, official_seg_to_mmseg

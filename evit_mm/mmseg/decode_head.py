@@ -31,7 +31,7 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 from torch import nn
 
-from ..mm_common import load_pretrained_from_cfg
+from ..mm.common import load_pretrained_from_cfg
 from ..models.contract import Fusable, LoadsPretrained
 from ..models.seg_head import EfficientViTSegHead
 
@@ -138,7 +138,6 @@ class EfficientViTSegDecodeHead(Fusable, LoadsPretrained, BaseDecodeHead):
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
             load_pretrained_from_cfg(self, cfg)
-            self._is_init = True
             return
         if cfg is None:
             conv = self.classifier.conv

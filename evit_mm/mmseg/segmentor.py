@@ -31,14 +31,13 @@ from typing import List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
-from mmengine.logging import print_log
-from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch import Tensor
 
+from ..mm.common import load_pretrained_from_cfg
 from ..models.checkpoint import LoadReport, strip_prefix
 from ..models.contract import LoadsPretrained
 
@@ -123,13 +122,7 @@ class EfficientViTEncoderDecoder(LoadsPretrained, EncoderDecoder):
     def init_weights(self):
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            checkpoint = CheckpointLoader.load_checkpoint(cfg['checkpoint'], map_location='cpu', logger='current')
-            self.load_pretrained(checkpoint, source=cfg['checkpoint'])
-            print_log(f"{type(self).__name__}: loaded {cfg['checkpoint']} (strict)", logger='current')
-            self._is_init = True
-            for m in self.modules():
-                if hasattr(m, '_is_init'):
-                    m._is_init = True
+            load_pretrained_from_cfg(self, cfg)  # strict, converted by _convert_checkpoint; marks all initialised
             return
         super().init_weights()
 

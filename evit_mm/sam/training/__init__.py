@@ -12,7 +12,7 @@ Importing this package registers, in mmengine's root registries (configs use ``d
 
 It imports mmengine only (no mmdet/mmseg/mmagic).
 """
-from ...compat import apply_all
+from ...mm.compat import apply_all
 
 apply_all()  # mmengine checkpoints on torch >= 2.6 (resume, load_from)
 

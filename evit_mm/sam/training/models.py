@@ -79,7 +79,7 @@ def load_sam_weights(sam: EfficientViTSam, path: str) -> None:
     ``sam``, strictly."""
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    from ...compat import apply_all
+    from ...mm.compat import apply_all
     apply_all()
     if not osp.isfile(path) and '://' not in path:
         raise FileNotFoundError(f'init_checkpoint not found: {path}')

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from ..models.checkpoint import torch_load_file
+from ...models.checkpoint import torch_load_file
 
 TRUST_ENV = 'EVIT_MM_TRUST_CHECKPOINTS'
 
@@ -64,7 +64,7 @@ def _restricted_getattr(obj, name, *default):
 
 def mmengine_safe_globals():
     """The allow-list for mmengine checkpoints, for ``torch.serialization.safe_globals``."""
-    from ..models.checkpoint import CHECKPOINT_SAFE_GLOBALS  # argparse.Namespace of the official trainers
+    from ...models.checkpoint import CHECKPOINT_SAFE_GLOBALS  # argparse.Namespace of the official trainers
     # bytes: an empty HistoryBuffer pickles its numpy arrays' empty buffers as builtins.bytes
     return [_history_buffer(), *_numpy_globals(), *CHECKPOINT_SAFE_GLOBALS, bytes,
             (_restricted_getattr, 'builtins.getattr')]
@@ -208,7 +208,7 @@ def patch_mmengine_checkpoint() -> bool:
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=load_from_http_weights_only, force=True)
     for scheme, prefixes in _ZOO_PREFIXES.items():
         CheckpointLoader.register_scheme(prefixes=prefixes, loader=_zoo_loader(scheme), force=True)
-    from ..mm_weights import load_from_evit  # evit://NAME: evit_mm's published checkpoints by name
+    from ..weights import load_from_evit  # evit://NAME: evit_mm's published checkpoints by name
     CheckpointLoader.register_scheme(prefixes='evit://', loader=load_from_evit, force=True)
     _PATCHED = True
     return True
