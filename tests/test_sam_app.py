@@ -427,29 +427,49 @@ def test_samples_load(service):
 
 
 # -------------------------------------------------------------------------------------------------- HTTP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def http(model_info):
-    uvicorn = pytest.importorskip('uvicorn')
+    pytest.importorskip('uvicorn')
     pytest.importorskip('fastapi')
+    from evit_mm.sam.app.launch import serving
     from evit_mm.sam.app.server import create_app
     svc = _service(model_info, limits=Limits(max_bytes=200_000))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(svc), host='127.0.0.1', port=port, log_level='warning'))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield svc, f'http://127.0.0.1:{port}'
-    server.should_exit = True
-    thread.join(10)
+    with serving(create_app(svc)) as url:
+        yield svc, url
+
+
+def test_serving_stops_the_server_and_says_when_it_cannot_start(model_info, monkeypatch):
+    pytest.importorskip('uvicorn')
+    from evit_mm.sam.app import launch
+    from evit_mm.sam.app.server import create_app
+    app = create_app(_service(model_info))
+    with launch.serving(app) as url:
+        assert _call(url + '/api/info')[0] == 200
+    with pytest.raises(OSError):  # nothing listens there any more
+        urllib.request.urlopen(url + '/api/info', timeout=5)
+    with socket.socket() as taken:  # a port another socket holds: uvicorn cannot bind it
+        taken.bind(('127.0.0.1', 0))
+        monkeypatch.setattr(launch, 'free_port', lambda host: taken.getsockname()[1])
+        with pytest.raises(launch.AppStartError, match='uvicorn exited with code'):
+            with launch.serving(app, timeout=30):
+                pytest.fail('served on a port that was taken')
+
+
+@pytest.mark.slow
+def test_launched_app_that_cannot_start_says_why(tmp_path):
+    """The app's own process (as the browser test and tools/sam_app_bench.py start it): an error before it serves
+    ends the wait at once, with the exit code, the command and the end of the app's log."""
+    from evit_mm.sam.app.launch import AppStartError, launched
+    log = tmp_path / 'app.log'
+    t0 = time.monotonic()
+    with pytest.raises(AppStartError) as err:
+        with launched(['--model', 'efficientvit_sam_nope'], timeout=120, log_path=str(log)):
+            pytest.fail('the app served')
+    assert time.monotonic() - t0 < 100  # not the timeout
+    message = str(err.value)
+    assert 'exited with code 2' in message and '-m evit_mm.sam.app' in message
+    assert "unknown EfficientViT-SAM variant 'efficientvit_sam_nope'" in message
+    assert "unknown EfficientViT-SAM variant" in log.read_text()  # the log is kept where asked
 
 
 def _call(url, data=None, headers=None, method=None):

@@ -22,11 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -35,7 +31,6 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get('EVIT_MM_CHROMIUM') or shutil.which('chromium') or '/usr/bin/chromium'
 ENCODER = 64
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _require_browser():
@@ -49,41 +44,18 @@ def _require_browser():
     pytest.importorskip('uvicorn')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope='module')
 def app_url(tmp_path_factory):
     _require_browser()
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp('sam_app') / 'server.log', 'w')
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'evit_mm.sam.app', '--port', str(port), '--model', 'efficientvit_sam_l0',
-         '--encoder-size', str(ENCODER), '--seed', '0', '--threads', '2', '--points-per-side', '2',
-         '--pred-iou-thresh', '0', '--stability-score-thresh', '0', '--log-level', 'warning'],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f'http://127.0.0.1:{port}'
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + '/api/info', timeout=5):
-                break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                log.close()
-                pytest.fail(f'the app did not start: {open(log.name).read()[-2000:]}')
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
+    from evit_mm.sam.app.launch import AppStartError, launched
+    log = tmp_path_factory.mktemp('sam_app') / 'server.log'
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        with launched(['--model', 'efficientvit_sam_l0', '--encoder-size', ENCODER, '--seed', '0', '--threads', '2',
+                       '--points-per-side', '2', '--pred-iou-thresh', '0', '--stability-score-thresh', '0',
+                       '--log-level', 'warning'], timeout=120, log_path=str(log)) as url:
+            yield url
+    except AppStartError as err:
+        pytest.fail(str(err))
 
 
 @pytest.fixture(scope='module')

@@ -26,54 +26,23 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from evit_mm.sam.app.launch import AppStartError, launched  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _start_server(model: str, threads: int, checkpoint, encoder_size, log_path):
-    port = _free_port()
-    cmd = [sys.executable, '-m', 'evit_mm.sam.app', '--port', str(port), '--model', model, '--threads', str(threads),
-           '--log-level', 'warning']
+def _server_args(model: str, threads: int, checkpoint, encoder_size) -> list:
+    args = ['--model', model, '--threads', threads, '--log-level', 'warning']
     if checkpoint:
-        cmd += ['--checkpoint', checkpoint]
+        args += ['--checkpoint', checkpoint]
     if encoder_size:
-        cmd += ['--encoder-size', str(encoder_size)]
-    log = open(log_path, 'w')
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f'http://127.0.0.1:{port}'
-    deadline = time.time() + 300
-    while True:
-        try:
-            with urllib.request.urlopen(url + '/api/info', timeout=5):
-                return proc, url, log
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                log.close()
-                raise SystemExit(f'error: the app did not start ({" ".join(cmd)}):\n{open(log_path).read()[-3000:]}')
-            time.sleep(0.5)
-
-
-def _stop(proc, log):
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        args += ['--encoder-size', encoder_size]
+    return args
 
 
 def _wait_render(page, version, timeout=600_000):
@@ -105,47 +74,54 @@ def _stats(values):
             'n': int(v.size)}
 
 
+def _drive_page(browser, url, model, threads, args):
+    """Samples, then timed clicks, in a new page of ``browser`` on the app at ``url``: (the app's info, the
+    embeddings, whether revisiting the first photo hit the cache, the clicks' timings)."""
+    ctx = browser.new_context(viewport={'width': 1200, 'height': 1600})  # the whole 960-px stage in view
+    page = ctx.new_page()
+    page.goto(url)
+    page.wait_for_function('() => document.body.dataset.state === "idle"', timeout=120_000)
+    info = page.evaluate('window.evitSam.info')
+    embeds = []
+    for name in args.images:
+        version = page.evaluate('window.evitSam.maskVersion')
+        t0 = time.perf_counter()
+        page.select_option('#sample', name)
+        _wait_render(page, version)
+        image = page.evaluate('window.evitSam.imageInfo')
+        embeds.append({'image': name, 'size': [image['width'], image['height']], 'server_ms': image['embed_ms'],
+                       'page_ms': (time.perf_counter() - t0) * 1000, 'cached': image['cached']})
+        print(f'  {model} t{threads} {name}: embedding {image["embed_ms"]:.0f} ms', flush=True)
+    version = page.evaluate('window.evitSam.maskVersion')
+    page.select_option('#sample', args.images[0])  # back to the first: a cache hit
+    _wait_render(page, version)
+    cached_again = page.evaluate('window.evitSam.imageInfo.cached')
+    for i, (fx, fy) in enumerate(_click_points(args.clicks + 1)):
+        if i and i % 3 == 0:
+            version = page.evaluate('window.evitSam.maskVersion')
+            page.locator('#clear').click()
+            _wait_render(page, version)
+        box = page.locator('#prompts').bounding_box()  # measured per click: a message above it moves it
+        version = page.evaluate('window.evitSam.maskVersion')
+        page.mouse.click(box['x'] + fx * box['width'], box['y'] + fy * box['height'])
+        _wait_render(page, version, timeout=120_000)
+    timings = page.evaluate('window.evitSam.timings')[1:]  # the first click is a warm-up
+    ctx.close()
+    return info, embeds, cached_again, timings
+
+
 def run_one(browser, model, threads, args, out_dir):
     checkpoint = None
     if args.checkpoint_dir:
         checkpoint = os.path.join(args.checkpoint_dir, f'efficientvit_sam_{model}.pt')
         if not os.path.isfile(checkpoint):
             raise SystemExit(f'error: {checkpoint} not found (--checkpoint-dir holds efficientvit_sam_<model>.pt)')
-    proc, url, log = _start_server(model, threads, checkpoint, args.encoder_size,
-                                   os.path.join(out_dir, f'server_{model}_t{threads}.log'))
     try:
-        ctx = browser.new_context(viewport={'width': 1200, 'height': 1600})  # the whole 960-px stage in view
-        page = ctx.new_page()
-        page.goto(url)
-        page.wait_for_function('() => document.body.dataset.state === "idle"', timeout=120_000)
-        info = page.evaluate('window.evitSam.info')
-        embeds = []
-        for name in args.images:
-            version = page.evaluate('window.evitSam.maskVersion')
-            t0 = time.perf_counter()
-            page.select_option('#sample', name)
-            _wait_render(page, version)
-            image = page.evaluate('window.evitSam.imageInfo')
-            embeds.append({'image': name, 'size': [image['width'], image['height']], 'server_ms': image['embed_ms'],
-                           'page_ms': (time.perf_counter() - t0) * 1000, 'cached': image['cached']})
-            print(f'  {model} t{threads} {name}: embedding {image["embed_ms"]:.0f} ms', flush=True)
-        version = page.evaluate('window.evitSam.maskVersion')
-        page.select_option('#sample', args.images[0])  # back to the first: a cache hit
-        _wait_render(page, version)
-        cached_again = page.evaluate('window.evitSam.imageInfo.cached')
-        for i, (fx, fy) in enumerate(_click_points(args.clicks + 1)):
-            if i and i % 3 == 0:
-                version = page.evaluate('window.evitSam.maskVersion')
-                page.locator('#clear').click()
-                _wait_render(page, version)
-            box = page.locator('#prompts').bounding_box()  # measured per click: a message above it moves it
-            version = page.evaluate('window.evitSam.maskVersion')
-            page.mouse.click(box['x'] + fx * box['width'], box['y'] + fy * box['height'])
-            _wait_render(page, version, timeout=120_000)
-        timings = page.evaluate('window.evitSam.timings')[1:]  # the first click is a warm-up
-        ctx.close()
-    finally:
-        _stop(proc, log)
+        with launched(_server_args(model, threads, checkpoint, args.encoder_size), timeout=300,
+                      log_path=os.path.join(out_dir, f'server_{model}_t{threads}.log')) as url:
+            info, embeds, cached_again, timings = _drive_page(browser, url, model, threads, args)
+    except AppStartError as err:
+        raise SystemExit(f'error: {err}')
     row = {'model': f'efficientvit_sam_{model}', 'threads': threads, 'weights': info['weights'],
            'encoder_size': info['encoder_size'], 'embedding': embeds,
            'embedding_server_ms': _stats([e['server_ms'] for e in embeds]), 'revisit_cached': cached_again,

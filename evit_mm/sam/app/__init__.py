@@ -5,6 +5,8 @@
 - :mod:`.state`: sessions and the bounded embedding cache;
 - :mod:`.service`: the request handlers (no HTTP);
 - :mod:`.server`: the FastAPI routes, the static page (``static/``) and the command line.
+- :mod:`.launch`: the app on a free local port, in its own process or a thread, once it serves (the browser
+  test and ``tools/sam_app_bench.py``).
 
 FastAPI and uvicorn are imported only by :mod:`.server`, so the rest works with the ``sam`` extra alone.
 """
