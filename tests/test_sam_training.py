@@ -45,7 +45,7 @@ def test_rle_parser_agrees_with_pycocotools():
     from pycocotools import mask as mask_utils
     from skimage import data
 
-    from evit_mm.sam.training.rle import decode_segmentation, rle_counts
+    from evit_mm.sam.coco_masks import decode_segmentation, rle_counts
     from evit_mm.sample_data import segment_coins
     image = data.coins()
     for mask in (image > 100, segment_coins()[0][1], np.zeros((5, 7), bool), np.ones((3, 4), bool)):
@@ -70,13 +70,13 @@ def test_rle_parser_agrees_with_pycocotools():
     (42, 'RLE dict or a polygon list'),
 ])
 def test_bad_segmentations_raise_clear_errors(segmentation, message):
-    from evit_mm.sam.training.rle import BadAnnotation, decode_segmentation
+    from evit_mm.sam.coco_masks import BadAnnotation, decode_segmentation
     with pytest.raises(BadAnnotation, match=message):
         decode_segmentation(segmentation, 4, 4)
 
 
 def test_polygons_decode():
-    from evit_mm.sam.training.rle import decode_segmentation
+    from evit_mm.sam.coco_masks import decode_segmentation
     mask = decode_segmentation([[1, 1, 9, 1, 9, 5, 1, 5]], 8, 12)
     assert mask.shape == (8, 12) and mask[2:4, 2:8].all() and not mask[6:].any()
 
@@ -300,12 +300,12 @@ def test_optimizer_groups_follow_the_reference():
 
 def test_student_backbone_starts_from_a_classification_checkpoint(tmp_path):
     from evit_mm.models.efficientvit_mit import EfficientViTL
-    from evit_mm.sam.training import build_sam_model
+    from evit_mm.sam.training import build_training_sam
     torch.manual_seed(1)
     backbone = EfficientViTL('l0')
     path = str(tmp_path / 'l0_backbone.pth')
     torch.save(backbone.state_dict(), path)
-    model = build_sam_model('l0', image_size=64, backbone_checkpoint=path)
+    model = build_training_sam('l0', image_size=64, backbone_checkpoint=path)
     loaded = model.image_encoder.backbone.state_dict()
     assert model.training and all(torch.equal(v, loaded[k]) for k, v in backbone.state_dict().items())
 

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from evit_mm.sam.zero_shot import (MODES, Clicker, ResultStore, SamAdapter, ZeroShotDataset, build_sam_model,
+from evit_mm.sam.zero_shot import (MODES, Clicker, ResultStore, SamAdapter, ZeroShotDataset, build_zero_shot_sam,
                                    evaluate_dataset, load_detections, mask_iou, summarize)
 from evit_mm.sam.zero_shot.data import xywh_to_xyxy
 
@@ -34,7 +34,7 @@ def sets(tmp_path_factory):
 def adapters():
     """One model of each kind for the whole module; embeddings cached by image path, so the LVIS set (the same
     photographs) costs no encoder forward."""
-    return {name: SamAdapter.from_model(build_sam_model(name), cache_size=4) for name in ('l0', 'sam_vit_b')}
+    return {name: SamAdapter.from_model(build_zero_shot_sam(name), cache_size=4) for name in ('l0', 'sam_vit_b')}
 
 
 # (LVIS with L0 runs through the tool below. Every click round costs a mask-decoder call per annotation, which

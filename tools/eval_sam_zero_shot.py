@@ -113,7 +113,7 @@ def no_image_reason(records, ann_file: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from evit_mm.sam.zero_shot import (OracleSegmenter, ResultStore, SamAdapter, ZeroShotDataset, build_sam_model,
+    from evit_mm.sam.zero_shot import (OracleSegmenter, ResultStore, SamAdapter, ZeroShotDataset, build_zero_shot_sam,
                                        evaluate_dataset, format_table, load_detections, summarize)
     try:
         dataset = ZeroShotDataset(args.ann_file, args.image_dir, kind=args.dataset, crowd=args.crowd)
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
                 print('warning: neither --pretrained nor --checkpoint: random weights, the numbers are meaningless',
                       file=sys.stderr)
             try:
-                sam = build_sam_model(args.model, args.checkpoint, args.device, pretrained=args.pretrained)
+                sam = build_zero_shot_sam(args.model, args.checkpoint, args.device, pretrained=args.pretrained)
                 model = SamAdapter.from_model(sam, batch_size=args.batch_size)
             except (ValueError, FileNotFoundError, RuntimeError) as e:
                 raise SystemExit(f'error: {e}')

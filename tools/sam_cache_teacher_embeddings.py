@@ -50,7 +50,7 @@ def parse_args(argv=None):
 def teacher_input(image: np.ndarray, size: int) -> torch.Tensor:
     """``(3, size, size)`` float tensor, before normalisation: what SamResizeLongestSide + SamPad (teacher_size)
     + SamPackInputs make of the image for the online teacher."""
-    from evit_mm.sam.training.transforms import pad_image
+    from evit_mm.sam.training.pipeline import pad_image
     from evit_mm.sam.transforms import resize_longest_side
     return torch.from_numpy(np.ascontiguousarray(pad_image(resize_longest_side(image, size), size).transpose(2, 0, 1)))
 

@@ -53,7 +53,7 @@ from .registry import SAM_VARIANTS as _SAM_VARIANTS, variant_key
 
 __all__ = [
     'SAM_VARIANTS', 'SAM_PIXEL_MEAN', 'SAM_PIXEL_STD', 'SAM_NORM_EPS',
-    'ResizeTo', 'SamNeck', 'EfficientViTSamImageEncoder', 'EfficientViTSam',
+    'SamNeck', 'EfficientViTSamImageEncoder', 'EfficientViTSam',
     'build_efficientvit_sam', 'build_efficientvit_sam_image_encoder', 'EfficientViTSamBackbone',
     'efficientvit_sam_model_registry',
     'load_efficientvit_sam_checkpoint', 'load_sam_prompt_decoder', 'detect_sam_checkpoint_format',
@@ -92,10 +92,6 @@ def set_norm_eps(model: nn.Module, eps: float = SAM_NORM_EPS) -> nn.Module:
 # --------------------------------------------------------------------------------------------------------------
 # Image encoder
 # --------------------------------------------------------------------------------------------------------------
-
-#: The reference's ``UpSampleLayer(size=...)``: ``ResizeTo(64)`` resizes to 64x64 (see :class:`Resize`).
-ResizeTo = Resize
-
 
 class SamNeck(DAGHead):
     """The EfficientViT-SAM neck (reference ``SamNeck``, a :class:`~evit_mm.models.layers.DAGHead`).

@@ -29,7 +29,7 @@ from typing import Any, List
 import numpy as np
 
 __all__ = ['BadAnnotation', 'rle_counts', 'polygon_margin', 'check_segmentation', 'decode_segmentation',
-           'POLYGON_MARGIN_PX', 'POLYGON_MARGIN_FRACTION']
+           'usable_polygons', 'POLYGON_MARGIN_PX', 'POLYGON_MARGIN_FRACTION']
 
 #: A polygon vertex may lie this far outside the image (pixels, at least) ...
 POLYGON_MARGIN_PX = 4.0
@@ -133,12 +133,28 @@ def check_segmentation(segmentation: Any, height: int, width: int) -> None:
                             f'{type(segmentation).__name__}')
 
 
-def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+def usable_polygons(segmentation: Any) -> Any:
+    """A polygon list without its parts of fewer than 3 points (which pycocotools cannot draw, and COCO has some
+    of); anything else (an RLE) as it is."""
+    if isinstance(segmentation, list):
+        return [p for p in segmentation if isinstance(p, (list, tuple)) and len(p) >= 6]
+    return segmentation
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int, skip_short_polygons: bool = False) -> np.ndarray:
     """A ``(height, width)`` bool mask from a COCO segmentation: compressed RLE (SA-1B, COCO crowd), uncompressed
     RLE (``counts`` a list) or polygons (a list of ``[x0, y0, x1, y1, ...]``), checked first
     (:func:`check_segmentation`). Raises :class:`BadAnnotation` for anything malformed; the mask may be empty
-    (the caller decides what to do with that)."""
+    (the caller decides what to do with that).
+
+    ``skip_short_polygons`` (the zero-shot evaluation's reading of COCO/LVIS): polygons of fewer than 3 points
+    are ignored instead of rejected (:func:`usable_polygons`), and a polygon list with none left decodes to an
+    empty mask."""
     from pycocotools import mask as mask_utils
+    if skip_short_polygons:
+        segmentation = usable_polygons(segmentation)
+        if isinstance(segmentation, list) and not segmentation:
+            return np.zeros((height, width), bool)
     check_segmentation(segmentation, height, width)
     if isinstance(segmentation, dict):
         counts = segmentation['counts']

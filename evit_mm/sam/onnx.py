@@ -33,6 +33,7 @@ from torch import nn
 
 from ..onnx import check_onnx  # noqa: F401  (shared with the backbone/seg exports; part of this module's API)
 from ..onnx import torch_onnx_export
+from .prompts import SamPrompts
 
 __all__ = ['SamEncoderOnnxModel', 'SamDecoderOnnxModel', 'export_encoder', 'export_decoder', 'decoder_inputs',
            'check_onnx', 'ENCODER_INPUTS', 'ENCODER_OUTPUTS', 'DECODER_INPUTS', 'DECODER_OUTPUTS']
@@ -106,29 +107,14 @@ class SamDecoderOnnxModel(SamOnnxModel):
 
 def decoder_inputs(original_size: Sequence[int], image_embeddings=None, point_coords=None, point_labels=None,
                    box=None, mask_input=None, prompt_size: int = 1024) -> Dict[str, np.ndarray]:
-    """The decoder graph's inputs from prompts in original-image pixels (as SAM's ONNX notebook builds them):
-    points and box corners (labels 2, 3) are scaled to the prompt frame; without a box a padding point (label
-    -1) is appended; ``mask_input`` ``(1, 256, 256)`` low-res logits or ``None``."""
-    from segment_anything.utils.transforms import ResizeLongestSide
-    tr = ResizeLongestSide(prompt_size)
-    coords = (np.zeros((0, 2), np.float64) if point_coords is None
-              else np.asarray(point_coords, np.float64).reshape(-1, 2))
-    labels = np.zeros(0, np.float64) if point_labels is None else np.asarray(point_labels, np.float64).reshape(-1)
-    if box is not None:
-        coords = np.concatenate([coords, np.asarray(box, np.float64).reshape(2, 2)])
-        labels = np.concatenate([labels, [2.0, 3.0]])
-    else:
-        coords = np.concatenate([coords, [[0.0, 0.0]]])
-        labels = np.concatenate([labels, [-1.0]])
-    coords = tr.apply_coords(coords, tuple(original_size))
-    out = {
-        'point_coords': coords[None].astype(np.float32),
-        'point_labels': labels[None].astype(np.float32),
-        'mask_input': (np.zeros((1, 1, 256, 256), np.float32) if mask_input is None
-                       else np.asarray(mask_input, np.float32).reshape(1, 1, 256, 256)),
-        'has_mask_input': np.array([0.0 if mask_input is None else 1.0], np.float32),
-        'orig_im_size': np.array(original_size, np.float32),
-    }
+    """The decoder graph's inputs from one prompt set in original-image pixels (as SAM's ONNX notebook builds
+    them; :meth:`~evit_mm.sam.prompts.SamPrompts.onnx_inputs`): points and box corners (labels 2, 3) are scaled
+    to the prompt frame; without a box a padding point (label -1) is appended; ``mask_input`` ``(1, 256, 256)``
+    low-res logits or ``None``."""
+    prompts = SamPrompts.from_arrays(point_coords, point_labels, box, mask_input, original_size=original_size,
+                                     prompt_size=prompt_size)
+    out = prompts.onnx_inputs()
+    out['orig_im_size'] = np.array(original_size, np.float32)
     if image_embeddings is not None:
         emb = image_embeddings
         if isinstance(emb, torch.Tensor):

@@ -20,17 +20,16 @@ from .cache import EmbeddingCache  # noqa: E402
 from .datasets import (BadSample, SA1BDataset, SamCocoDataset, SamDefaultSampler, SamInfiniteSampler,  # noqa: E402
                        SamMaskDataset)
 from .loops import SamIterBasedTrainLoop  # noqa: E402
-from .losses import mask_iou, point_sample, sam_mask_loss, uncertain_points  # noqa: E402
-from .models import SamDataPreprocessor, SamDistillModel, SamE2EModel, build_sam_model, load_sam_weights  # noqa
+from .losses import mask_iou_logits, point_sample, sam_mask_loss, uncertain_points  # noqa: E402
+from .models import SamDataPreprocessor, SamDistillModel, SamE2EModel, build_training_sam, load_sam_weights  # noqa
 from .optim import SamOptimWrapperConstructor  # noqa: E402
-from .rle import BadAnnotation, decode_segmentation  # noqa: E402
+from .pipeline import SamPackInputs, SamPad, SamRandomFlip, SamResizeLongestSide, SamSamplePrompts  # noqa: E402
 from .teacher import SamTeacher, build_sam_teacher  # noqa: E402
-from .transforms import SamPackInputs, SamPad, SamRandomFlip, SamResizeLongestSide, SamSamplePrompts  # noqa: E402
 
 __all__ = [
     'EmbeddingCache', 'BadSample', 'SA1BDataset', 'SamCocoDataset', 'SamMaskDataset', 'SamDefaultSampler',
-    'SamInfiniteSampler', 'mask_iou', 'point_sample', 'sam_mask_loss', 'uncertain_points', 'SamDataPreprocessor',
-    'SamDistillModel', 'SamE2EModel', 'build_sam_model', 'load_sam_weights', 'BadAnnotation',
-    'decode_segmentation', 'SamTeacher', 'build_sam_teacher', 'SamPackInputs', 'SamPad', 'SamRandomFlip',
-    'SamResizeLongestSide', 'SamSamplePrompts', 'SamOptimWrapperConstructor', 'SamIterBasedTrainLoop',
+    'SamInfiniteSampler', 'mask_iou_logits', 'point_sample', 'sam_mask_loss', 'uncertain_points',
+    'SamDataPreprocessor', 'SamDistillModel', 'SamE2EModel', 'build_training_sam', 'load_sam_weights', 'SamTeacher',
+    'build_sam_teacher', 'SamPackInputs', 'SamPad', 'SamRandomFlip', 'SamResizeLongestSide', 'SamSamplePrompts',
+    'SamOptimWrapperConstructor', 'SamIterBasedTrainLoop',
 ]

@@ -34,9 +34,9 @@ from mmengine.logging import print_log
 from mmengine.registry import DATA_SAMPLERS, DATASETS
 from PIL import Image
 
+from ..coco_masks import BadAnnotation, decode_segmentation
 from ..transforms import as_rgb_uint8
 from .cache import EmbeddingCache
-from .rle import BadAnnotation, decode_segmentation
 
 __all__ = ['BadSample', 'SamMaskDataset', 'SA1BDataset', 'SamCocoDataset', 'SamInfiniteSampler',
            'SamDefaultSampler']

@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ['point_sample', 'uncertain_points', 'sam_mask_loss', 'mask_iou']
+__all__ = ['point_sample', 'uncertain_points', 'sam_mask_loss', 'mask_iou_logits']
 
 
 def point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ def sam_mask_loss(logits: torch.Tensor, targets: torch.Tensor, num_points: int =
     return pick(loss), pick(bce), pick(dice)
 
 
-def mask_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def mask_iou_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """IoU of each predicted mask (logit > 0) with its target, at the logits' resolution: ``(N, C)``. The targets
     ``(N, H, W)`` are area-averaged to that resolution and thresholded at 0.5."""
     t = F.interpolate(targets.float().unsqueeze(1), logits.shape[-2:], mode='area') >= 0.5

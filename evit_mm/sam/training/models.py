@@ -28,10 +28,11 @@ from mmengine.registry import MODELS
 
 from ...models.checkpoint import strip_prefix, unwrap_state_dict
 from ...models.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD, EfficientViTSam, build_efficientvit_sam
-from .losses import mask_iou, sam_mask_loss
+from ..prompts import SamPrompts
+from .losses import mask_iou_logits, sam_mask_loss
 from .teacher import build_sam_teacher
 
-__all__ = ['SamDataPreprocessor', 'SamDistillModel', 'SamE2EModel', 'build_sam_model', 'load_sam_weights']
+__all__ = ['SamDataPreprocessor', 'SamDistillModel', 'SamE2EModel', 'build_training_sam', 'load_sam_weights']
 
 
 @MODELS.register_module()
@@ -61,9 +62,9 @@ class SamDataPreprocessor(BaseDataPreprocessor):
         return out
 
 
-def build_sam_model(variant: str = 'l0', image_size: Optional[int] = None, checkpoint: Optional[str] = None,
-                    decoder_checkpoint: Optional[str] = None,
-                    backbone_checkpoint: Optional[str] = None) -> EfficientViTSam:
+def build_training_sam(variant: str = 'l0', image_size: Optional[int] = None, checkpoint: Optional[str] = None,
+                       decoder_checkpoint: Optional[str] = None,
+                       backbone_checkpoint: Optional[str] = None) -> EfficientViTSam:
     """EfficientViT-SAM ``variant`` in train mode (arguments of :func:`~evit_mm.models.sam.build_efficientvit_sam`;
     ``decoder_checkpoint``: SAM ViT-H's prompt encoder and mask decoder, as the reference's students).
     ``backbone_checkpoint``: EfficientViT-L/XL backbone weights to start phase 1 from (an ImageNet
@@ -94,7 +95,7 @@ class _SamTrainModel(BaseModel):
     def __init__(self, sam: dict, init_checkpoint: Optional[str] = None, data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor or dict(type='SamDataPreprocessor'), init_cfg=init_cfg)
-        self.sam = build_sam_model(**sam)
+        self.sam = build_training_sam(**sam)
         self.init_checkpoint = init_checkpoint
 
     def init_weights(self) -> None:
@@ -108,7 +109,7 @@ class SamDistillModel(_SamTrainModel):
     """Phase 1: distil the teacher's image embeddings into EfficientViT-SAM's image encoder (MSE).
 
     Args:
-        sam: :func:`build_sam_model` arguments of the student (``variant``, ``image_size``,
+        sam: :func:`build_training_sam` arguments of the student (``variant``, ``image_size``,
             ``decoder_checkpoint`` = the teacher's SAM checkpoint, for the frozen prompt encoder/mask decoder).
         teacher: :func:`~.teacher.build_sam_teacher` arguments, for the online teacher; ``None`` when the data
             come with cached embeddings. Kept out of the state dict, the optimizer and DDP.
@@ -162,7 +163,7 @@ class SamE2EModel(_SamTrainModel):
     """Phase 2 (and fine-tuning): EfficientViT-SAM end to end with box/point prompts.
 
     Args:
-        sam: :func:`build_sam_model` arguments.
+        sam: :func:`build_training_sam` arguments.
         init_checkpoint: phase-1 checkpoint (or an official EfficientViT-SAM file) to start from.
         loss: :func:`~.losses.sam_mask_loss` settings (``num_points``, ``oversample_ratio``,
             ``importance_ratio``, ``bce_weight``, ``dice_weight``).
@@ -181,9 +182,7 @@ class SamE2EModel(_SamTrainModel):
 
     def decode(self, embedding: torch.Tensor, sample) -> tuple:
         """Mask logits ``(N, C, 256, 256)`` and predicted IoUs ``(N, C)`` for one image's prompts."""
-        points = (sample.point_coords, sample.point_labels) if 'point_coords' in sample else None
-        boxes = sample.boxes if 'boxes' in sample else None
-        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+        sparse, dense = SamPrompts.from_sample(sample).encode(self.sam.prompt_encoder)
         return self.sam.mask_decoder(image_embeddings=embedding, image_pe=self.sam.prompt_encoder.get_dense_pe(),
                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                      multimask_output=bool(sample.metainfo.get('multimask', False)))
@@ -204,7 +203,7 @@ class SamE2EModel(_SamTrainModel):
             losses['bce'].append(bce.detach())
             losses['dice'].append(dice.detach())
             if self.iou_loss_weight:
-                losses['iou'].append(((iou_pred.float() - mask_iou(low.detach(), target)) ** 2).flatten())
+                losses['iou'].append(((iou_pred.float() - mask_iou_logits(low.detach(), target)) ** 2).flatten())
         out = {'loss_mask': torch.cat(losses['loss']).mean(), 'bce': torch.cat(losses['bce']).mean(),
                'dice': torch.cat(losses['dice']).mean()}
         if self.iou_loss_weight:

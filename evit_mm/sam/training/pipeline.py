@@ -1,4 +1,4 @@
-"""Data transforms for EfficientViT-SAM training (mmengine ``TRANSFORMS``; plain callables on a results dict).
+"""The data pipeline of EfficientViT-SAM training: mmengine ``TRANSFORMS`` (plain callables on a results dict).
 
 A sample enters the pipeline as the datasets build it: ``img`` (HxWx3 uint8 RGB), ``gt_masks`` (NxHxW bool,
 phase 2), ``rng`` (a ``numpy.random.Generator`` seeded from (seed, pass over the data, index), so that every
@@ -7,7 +7,8 @@ random choice of a sample is reproducible, also after resuming) and, with an emb
 
 ``SamRandomFlip`` -> ``SamResizeLongestSide`` (PIL bilinear, as SAM's ``ResizeLongestSide.apply_image``; masks
 the same way, which makes them soft, as in the reference) -> ``SamPad`` (bottom/right, to the square encoder
-input) -> ``SamSamplePrompts`` (phase 2) -> ``SamPackInputs``.
+input) -> ``SamSamplePrompts`` (phase 2; prompt-frame arithmetic from :mod:`evit_mm.sam.prompts`) ->
+``SamPackInputs``.
 
 The image is padded with SAM's pixel mean, so that after the data preprocessor's normalisation the padding is
 exactly 0: the same tensor as the reference's normalise-then-zero-pad.
@@ -23,6 +24,7 @@ from mmengine.structures import BaseDataElement
 from PIL import Image
 
 from ...models.sam import SAM_PIXEL_MEAN
+from ..prompts import PromptFrame, pad_point_sets
 from ..transforms import resize_longest_side
 
 __all__ = ['SamRandomFlip', 'SamResizeLongestSide', 'SamPad', 'SamSamplePrompts', 'SamPackInputs',
@@ -163,23 +165,23 @@ class SamSamplePrompts:
         use_box = bool(rng.random() < self.box_prob)
         results['multimask'] = bool(rng.random() < self.multimask_prob)
         num_points = int(rng.integers(1, self.max_points + 1))
-        scale = self.prompt_size / masks.shape[-1]
+        frame = PromptFrame.of_square(masks.shape[-1], self.prompt_size)
         boxes, points = [], []
         for m in masks:
             ys, xs = np.nonzero(m >= 128)
             if len(xs) == 0:  # a sliver that the resize thinned below 50%: use its strongest pixels
                 ys, xs = np.nonzero(m == m.max())
             if use_box:
-                boxes.append([xs.min() * scale, ys.min() * scale, (xs.max() + 1) * scale, (ys.max() + 1) * scale])
+                boxes.append(frame.pixel_box(xs, ys))
             else:
                 pick = rng.choice(len(xs), num_points, replace=len(xs) < num_points)
-                # pixel centres of the encoder frame, in the prompt frame (PromptEncoder adds 0.5 itself)
-                points.append(np.stack([(xs[pick] + 0.5) * scale - 0.5, (ys[pick] + 0.5) * scale - 0.5], -1))
+                points.append(frame.pixel_centres(xs[pick], ys[pick]))
         if use_box:
             results['boxes'] = np.asarray(boxes, np.float32)
         else:
-            results['point_coords'] = np.asarray(points, np.float32)
-            results['point_labels'] = np.ones(results['point_coords'].shape[:2], np.int64)
+            coords, labels = pad_point_sets(points, [np.ones(len(p), np.int64) for p in points])
+            results['point_coords'] = coords.astype(np.float32)
+            results['point_labels'] = labels
         return results
 
     def __repr__(self):

@@ -7,7 +7,7 @@ reference does with ``multimask_output=True``. Implementations:
 * :class:`SamAdapter`: any ``segment_anything.SamPredictor``-compatible predictor, i.e. segment-anything's own
   ``SamPredictor`` (SAM ViT-B/L/H) and evit_mm's :class:`~evit_mm.sam.EfficientViTSamPredictor`
   (EfficientViT-SAM L0..XL1); built from a model with :meth:`SamAdapter.from_model`, or from a name with
-  :func:`build_sam_model`;
+  :func:`build_zero_shot_sam`;
 * :class:`OracleSegmenter`: returns the ground-truth masks (optionally shifted by a fixed offset), for tests of
   the evaluation itself.
 """
@@ -18,10 +18,10 @@ from typing import Dict, Hashable, List, Optional, Protocol, Tuple, runtime_chec
 
 import numpy as np
 
-__all__ = ['PromptableSegmenter', 'SamAdapter', 'OracleSegmenter', 'build_sam_model', 'SAM_MODEL_NAMES',
+__all__ = ['PromptableSegmenter', 'SamAdapter', 'OracleSegmenter', 'build_zero_shot_sam', 'SAM_MODEL_NAMES',
            'sam_registry_name', 'box_iou_xyxy']
 
-#: Model names :func:`build_sam_model` knows (registry names; the short forms ``l0`` / ``vit_h`` work too).
+#: Model names :func:`build_zero_shot_sam` knows (registry names; the short forms ``l0`` / ``vit_h`` work too).
 SAM_MODEL_NAMES = ('efficientvit_sam_l0', 'efficientvit_sam_l1', 'efficientvit_sam_l2', 'efficientvit_sam_xl0',
                    'efficientvit_sam_xl1', 'sam_vit_b', 'sam_vit_l', 'sam_vit_h')
 
@@ -54,7 +54,7 @@ class PromptableSegmenter(Protocol):
         (1 foreground, 0 background)."""
 
 
-def build_sam_model(name: str, checkpoint: Optional[str] = None, device: str = 'cpu', pretrained: bool = False):
+def build_zero_shot_sam(name: str, checkpoint: Optional[str] = None, device: str = 'cpu', pretrained: bool = False):
     """A SAM-style model by registry name (:data:`SAM_MODEL_NAMES`; also ``'l0'``, ``'vit_h'``), in eval mode:
     EfficientViT-SAM or segment-anything's SAM. ``checkpoint``: a path, a URL or an ``evit://`` name;
     ``pretrained=True``: the published weights (downloaded once, see :mod:`evit_mm.models.hub`); neither: random
@@ -99,32 +99,40 @@ class SamAdapter:
         p = self.predictor
         if cache_key is not None and cache_key in self._cache:
             self._cache.move_to_end(cache_key)
-            p.__dict__.update(self._cache[cache_key])  # the state set_image left behind (embedding, sizes)
+            self._restore(self._cache[cache_key])
             return
         p.set_image(image)
         self.encoder_calls += 1
         if cache_key is not None and self.cache_size > 0:
-            self._cache[cache_key] = {k: v for k, v in p.__dict__.items() if k != 'model'}
+            self._cache[cache_key] = self._snapshot()
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
 
+    def _snapshot(self):
+        """The state ``set_image`` left behind (embedding, sizes): EfficientViTSamPredictor's immutable per-thread
+        image state, or a copy of a ``SamPredictor``'s attributes."""
+        p = self.predictor
+        if hasattr(p, '_set_state'):
+            return p._state
+        return {k: v for k, v in p.__dict__.items() if k != 'model'}
+
+    def _restore(self, snapshot) -> None:
+        if hasattr(self.predictor, '_set_state'):
+            self.predictor._set_state(snapshot)
+        else:
+            self.predictor.__dict__.update(snapshot)
+
     def predict(self, boxes=None, point_coords=None, point_labels=None) -> Tuple[np.ndarray, np.ndarray]:
         import torch
+
+        from ..prompts import SamPrompts
         p = self.predictor
-        n = len(boxes) if boxes is not None else len(point_coords)
+        prompts = SamPrompts.as_tensors(point_coords, point_labels, boxes, device=p.device)
+        prompts = prompts.to_prompt_frame(p.original_size, p.transform.target_length)
         masks, scores = [], []
         with torch.no_grad():
-            for s in range(0, n, self.batch_size):
-                kw = {'point_coords': None, 'point_labels': None, 'boxes': None}
-                if boxes is not None:
-                    b = torch.as_tensor(np.asarray(boxes[s:s + self.batch_size], np.float32), device=p.device)
-                    kw['boxes'] = p.transform.apply_boxes_torch(b, p.original_size)
-                if point_coords is not None:
-                    c = torch.as_tensor(np.asarray(point_coords[s:s + self.batch_size], np.float32), device=p.device)
-                    kw['point_coords'] = p.transform.apply_coords_torch(c, p.original_size)
-                    kw['point_labels'] = torch.as_tensor(np.asarray(point_labels[s:s + self.batch_size]),
-                                                         dtype=torch.int, device=p.device)
-                m, iou, _ = p.predict_torch(multimask_output=True, **kw)
+            for chunk in prompts.split(self.batch_size):
+                m, iou, _ = p.predict_torch(multimask_output=True, **chunk.as_kwargs())
                 masks.append(m.cpu().numpy())
                 scores.append(iou.float().cpu().numpy())
         return np.concatenate(masks), np.concatenate(scores)

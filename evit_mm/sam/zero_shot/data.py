@@ -24,10 +24,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..coco_masks import BadAnnotation, check_segmentation
-from ..coco_masks import decode_segmentation as _decode_checked
+from ..coco_masks import BadAnnotation, check_segmentation, decode_segmentation, usable_polygons
 
-__all__ = ['IssueLog', 'ZeroShotDataset', 'load_detections', 'xywh_to_xyxy', 'decode_segmentation', 'detect_kind']
+__all__ = ['IssueLog', 'ZeroShotDataset', 'load_detections', 'xywh_to_xyxy', 'detect_kind']
 
 #: What each issue kind means (printed in the final table and written to the results json).
 ISSUE_KINDS = {
@@ -120,24 +119,6 @@ def _box_problem(bbox) -> Optional[str]:
     if values[2] <= 0 or values[3] <= 0:
         return f'bbox {bbox!r} has zero or negative width/height'
     return None
-
-
-def _usable_parts(segmentation):
-    """A polygon list without its parts of fewer than 3 points (which pycocotools cannot draw, and COCO has
-    some of); an RLE as it is."""
-    if isinstance(segmentation, list):
-        return [p for p in segmentation if isinstance(p, (list, tuple)) and len(p) >= 6]
-    return segmentation
-
-
-def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
-    """A COCO/LVIS ``segmentation`` (polygons, uncompressed or compressed RLE) as an ``(H, W)`` bool mask;
-    polygons of fewer than 3 points are ignored (none left: an empty mask). Checked before decoding: raises
-    :class:`~evit_mm.sam.coco_masks.BadAnnotation` (a ``ValueError``) for a malformed segmentation."""
-    segmentation = _usable_parts(segmentation)
-    if isinstance(segmentation, list) and not segmentation:
-        return np.zeros((height, width), bool)
-    return _decode_checked(segmentation, height, width)
 
 
 def _empty_segmentation(segmentation) -> bool:
@@ -263,7 +244,7 @@ class ZeroShotDataset:
             return 'empty_segmentation', f'{where}: empty segmentation {str(ann["segmentation"])[:60]}: skipped'
         img = self.images[ann['image_id']]
         try:
-            check_segmentation(_usable_parts(ann['segmentation']), int(img['height']), int(img['width']))
+            check_segmentation(usable_polygons(ann['segmentation']), int(img['height']), int(img['width']))
         except BadAnnotation as e:
             return 'invalid_segmentation', f'{where}: {e}: skipped'
         if ann.get('iscrowd', 0):
@@ -308,7 +289,8 @@ class ZeroShotDataset:
 
     def gt_mask(self, ann: Dict[str, Any]) -> np.ndarray:
         img = self.images[ann['image_id']]
-        return decode_segmentation(ann['segmentation'], int(img['height']), int(img['width']))
+        return decode_segmentation(ann['segmentation'], int(img['height']), int(img['width']),
+                                   skip_short_polygons=True)
 
     # -- ground truth for the AP modes ---------------------------------------------------------------------------
     def gt_dict(self) -> Dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from ..prompts import pad_point_sets
 from .clicker import Clicker
 from .data import IssueLog, ZeroShotDataset, xywh_to_xyxy
 
@@ -121,12 +122,13 @@ def evaluate_image(model, dataset: ZeroShotDataset, image_id: int, image: np.nda
             for i, clicker in enumerate(clickers):
                 if clicker.next_click(preds[i]) is not None:
                     active.append(i)
-            # every active prompt set has the same number of clicks: a clicker that found nothing to click (a
-            # perfect prediction, or every error pixel clicked already) keeps its prediction, hence stays inactive
+            # every active prompt set has the same number of clicks (so nothing is padded): a clicker that found
+            # nothing to click (a perfect prediction, or every error pixel clicked already) keeps its prediction,
+            # hence stays inactive
             if active:
                 prompts = [clickers[i].prompt() for i in active]
-                best = _best(*model.predict(point_coords=np.stack([p[0] for p in prompts]),
-                                            point_labels=np.stack([p[1] for p in prompts])))
+                coords, labels = pad_point_sets([p[0] for p in prompts], [p[1] for p in prompts])
+                best = _best(*model.predict(point_coords=coords, point_labels=labels))
                 for i, pred in zip(active, best):
                     preds[i] = pred
             for i, (_, gt) in enumerate(gts):
