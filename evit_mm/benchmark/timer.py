@@ -136,93 +136,138 @@ def measure_setting(candidates: list[Candidate], setting: dict, args, log, progr
     The protocol is independent of the device, so the GPU protocol's logic also runs (and is tested) on a CPU.
     ``t0``: the clock origin of the windows' times (``time.perf_counter()``; shared by the groups of a run so that
     windows of different groups can be paired); ``desc``: the progress bar's label (default: the setting's).
+    Three steps: :func:`prepare_timers`, :func:`run_windows`, :func:`result_rows`.
     """
     device, protocol = setting['device'], setting['protocol']
     amp_dtype = AMP_DTYPES.get(args.amp) if protocol == 'gpu' else None
-    cuda = device == 'cuda'
-    empty_cache = torch.cuda.empty_cache if cuda else (lambda: None)
-    candidates = [c for c in candidates if not (isinstance(c.module, OrtModule) and (cuda or protocol == 'gpu'))]
-    rows, timers, latency_timers = [], {}, {}
+    candidates = [c for c in candidates
+                  if not (isinstance(c.module, OrtModule) and (device == 'cuda' or protocol == 'gpu'))]
+    phases: dict[str, dict[str, Timer]] = {}
+    load_before = loadavg()
+    try:
+        prepare_timers(candidates, setting, args, log, amp_dtype, phases)
+        order = window_order(candidates, args.peer_windows)
+        results = run_windows(phases, order, args, progress, desc or setting['label'], t0)
+    finally:  # the modules go back to the CPU and the timers' inputs are freed, also after an error
+        for cand in candidates:
+            if not isinstance(cand.module, OrtModule):
+                cand.module.to('cpu')
+        for timers in phases.values():
+            timers.clear()
+        _empty_cache(device)
+    return result_rows(candidates, results, setting, args, amp_dtype, load_before, loadavg())
+
+
+def _empty_cache(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def _input_hw(cand: Candidate, args) -> tuple[int, int]:
+    size = cand.input_size or args.img_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _largest_batch(cand: Candidate, hw: tuple[int, int], device: str, amp_dtype, args, log) -> int:
+    """The largest power-of-two batch (at most ``args.max_batch``) that ``cand`` runs on ``device``."""
+    def try_batch(b):
+        x = torch.randn(b, 3, *hw, device=device)
+        with torch.inference_mode(), _autocast(device, amp_dtype):
+            cand.module(x)
+        if device == 'cuda':
+            torch.cuda.synchronize()
+    batch = largest_pow2_batch(try_batch, args.max_batch, on_oom=lambda: _empty_cache(device))
+    _empty_cache(device)
+    log(f'{cand.key}: largest power-of-two batch = {batch}' +
+        (' (the --max-batch cap)' if batch * 2 > args.max_batch else ''))
+    return batch
+
+
+def prepare_timers(candidates: list[Candidate], setting: dict, args, log, amp_dtype,
+                   phases: dict[str, dict[str, Timer]]) -> None:
+    """Set the setting's threads (and cuDNN autotuning on CUDA), move the candidates to its device and fill
+    ``phases`` with their timers: ``'throughput'`` at the setting's batch (``'max'``: the largest power of two
+    that fits) and, on the GPU protocol with ``latency``, ``'latency'`` at batch 1.  ``phases`` is filled in place
+    so that the caller frees what was built even when this fails (an out-of-memory error in the batch search)."""
+    device = setting['device']
     if setting.get('threads'):
         torch.set_num_threads(setting['threads'])
-    if cuda:
+    if device == 'cuda':
         torch.backends.cudnn.benchmark = True
-    load_before = loadavg()
     for cand in candidates:
         if isinstance(cand.module, OrtModule):
             cand.module.set_threads(setting.get('threads'))
         else:
             cand.module.to(device)
-    try:
-        for cand in candidates:
-            size = cand.input_size or args.img_size
-            h, w = (size, size) if isinstance(size, int) else size
-            batch = setting['batch_size'] or cand.cpu_batch or 1
-            if batch == 'max':
-                def try_batch(b, cand=cand):
-                    x = torch.randn(b, 3, h, w, device=device)
-                    with torch.inference_mode(), _autocast(device, amp_dtype):
-                        cand.module(x)
-                    if cuda:
-                        torch.cuda.synchronize()
-                batch = largest_pow2_batch(try_batch, args.max_batch, on_oom=empty_cache)
-                empty_cache()
-                log(f'{cand.key}: largest power-of-two batch = {batch}' +
-                    (' (the --max-batch cap)' if batch * 2 > args.max_batch else ''))
-            timers[cand.key] = Timer(cand.module, batch, (h, w), device, amp_dtype)
-            if protocol == 'gpu' and setting.get('latency', True):
-                latency_timers[cand.key] = Timer(cand.module, 1, (h, w), device, amp_dtype)
+    throughput = phases.setdefault('throughput', {})
+    with_latency = setting['protocol'] == 'gpu' and setting.get('latency', True)
+    latency = phases.setdefault('latency', {}) if with_latency else None
+    for cand in candidates:
+        hw = _input_hw(cand, args)
+        batch = setting['batch_size'] or cand.cpu_batch or 1
+        if batch == 'max':
+            batch = _largest_batch(cand, hw, device, amp_dtype, args, log)
+        throughput[cand.key] = Timer(cand.module, batch, hw, device, amp_dtype)
+        if latency is not None:
+            latency[cand.key] = Timer(cand.module, 1, hw, device, amp_dtype)
 
-        phases = [('throughput', timers)] + ([('latency', latency_timers)] if latency_timers else [])
-        order = window_order(candidates, args.peer_windows)
-        total = sum(len(t) * (1 if args.warmup > 0 else 0) + len(order) * args.repeats for _, t in phases)
-        bar = _progress(total, progress, desc or setting['label'])
-        results: dict[tuple[str, str], dict] = {}
-        t0 = time.perf_counter() if t0 is None else t0
-        with torch.inference_mode():
-            for phase, phase_timers in phases:
-                for key, timer in phase_timers.items():
-                    timer.step()  # always one untimed call: lazy initialisation (oneDNN primitives, ORT) is not timed
-                    if args.warmup > 0:
-                        bar.set_description_str(f'{phase} warm-up {key}')
-                        timer.run_for(args.warmup)
-                        bar.update()
-                windows = {key: [] for key in phase_timers}
-                for rep in range(args.repeats):
-                    for key in order:
-                        timer = phase_timers[key]
-                        bar.set_description_str(f'{phase} {rep + 1}/{args.repeats} {key}')
-                        if args.warmup > 0:
-                            timer.step()  # re-warm the caches after the other models ran
-                        start = time.perf_counter() - t0
-                        n, elapsed = timer.run_for(args.duration)
-                        windows[key].append(dict(iterations=n, seconds=round(elapsed, 6),
-                                                 images_per_s=timer.batch * n / elapsed,
-                                                 t=round(start + elapsed / 2, 3)))
-                        bar.set_postfix_str(f'{timer.batch * n / elapsed:.1f} img/s')
-                        bar.update()
-                for key, wins in windows.items():
-                    results[(phase, key)] = dict(batch_size=phase_timers[key].batch, windows=wins)
-        bar.close()
-    finally:
-        for cand in candidates:
-            if not isinstance(cand.module, OrtModule):
-                cand.module.to('cpu')
-        timers.clear()
-        latency_timers.clear()
-        empty_cache()
-    load_after = loadavg()
 
+def run_windows(phases: dict[str, dict[str, Timer]], order: Sequence[str], args, progress: bool, desc: str,
+                t0: float | None = None) -> dict[tuple[str, str], dict]:
+    """Time each phase's timers: one untimed call each (lazy initialisation: oneDNN primitives, ORT) and
+    ``args.warmup`` seconds of warm-up, then ``args.repeats`` rounds of one ``args.duration`` window per key of
+    ``order``.  Returns ``{(phase, key): dict(batch_size, windows)}``; a window's ``t`` is its middle, in seconds
+    after ``t0`` (default: now)."""
+    total = sum(len(t) * (1 if args.warmup > 0 else 0) + len(order) * args.repeats for t in phases.values())
+    bar = _progress(total, progress, desc)
+    results: dict[tuple[str, str], dict] = {}
+    t0 = time.perf_counter() if t0 is None else t0
+    with torch.inference_mode():
+        for phase, timers in phases.items():
+            for key, timer in timers.items():
+                timer.step()  # always one untimed call: lazy initialisation (oneDNN primitives, ORT) is not timed
+                if args.warmup > 0:
+                    bar.set_description_str(f'{phase} warm-up {key}')
+                    timer.run_for(args.warmup)
+                    bar.update()
+            windows = {key: [] for key in timers}
+            for rep in range(args.repeats):
+                for key in order:
+                    bar.set_description_str(f'{phase} {rep + 1}/{args.repeats} {key}')
+                    windows[key].append(_window(timers[key], args, t0))
+                    bar.set_postfix_str(f'{windows[key][-1]["images_per_s"]:.1f} img/s')
+                    bar.update()
+            results.update({(phase, key): dict(batch_size=timers[key].batch, windows=wins)
+                            for key, wins in windows.items()})
+    bar.close()
+    return results
+
+
+def _window(timer: Timer, args, t0: float) -> dict:
+    """One timed window of ``args.duration`` seconds (after one untimed call when warming up: the other models
+    ran since, the caches are cold)."""
+    if args.warmup > 0:
+        timer.step()
+    start = time.perf_counter() - t0
+    n, elapsed = timer.run_for(args.duration)
+    return dict(iterations=n, seconds=round(elapsed, 6), images_per_s=timer.batch * n / elapsed,
+                t=round(start + elapsed / 2, 3))
+
+
+def result_rows(candidates: Sequence[Candidate], results: dict[tuple[str, str], dict], setting: dict, args,
+                amp_dtype, load_before, load_after) -> list[dict]:
+    """One row per candidate: its median images/s over the throughput windows (and median batch-1 latency where
+    measured), with what was measured and how."""
+    rows = []
     for cand in candidates:
         res = results[('throughput', cand.key)]
         ips = statistics.median(w['images_per_s'] for w in res['windows'])
-        size = cand.input_size or args.img_size
-        row = dict(setting=setting['label'], device=device, protocol=protocol, threads=setting.get('threads'),
-                   precision=args.amp if amp_dtype is not None else 'fp32', model=cand.model_name, impl=cand.impl,
-                   mode=cand.mode, role=cand.role, spec=cand.spec, family=cand.family, peer=cand.peer,
-                   params=cand.params, macs=cand.macs,
-                   input_size=list(size) if not isinstance(size, int) else [size, size],
-                   batch_size=res['batch_size'], images_per_s=ips, ms_per_batch=1000.0 * res['batch_size'] / ips,
+        row = dict(setting=setting['label'], device=setting['device'], protocol=setting['protocol'],
+                   threads=setting.get('threads'), precision=args.amp if amp_dtype is not None else 'fp32',
+                   model=cand.model_name, impl=cand.impl, mode=cand.mode, role=cand.role, spec=cand.spec,
+                   family=cand.family, peer=cand.peer, params=cand.params, macs=cand.macs,
+                   input_size=list(_input_hw(cand, args)), batch_size=res['batch_size'], images_per_s=ips,
+                   ms_per_batch=1000.0 * res['batch_size'] / ips,
                    images_per_s_best=max(w['images_per_s'] for w in res['windows']),
                    windows=res['windows'], max_abs_diff=cand.max_abs_diff, loadavg_before=load_before,
                    loadavg_after=load_after)
