@@ -4,7 +4,9 @@
 - :class:`EfficientViTSamPredictor`: ``SamPredictor`` for EfficientViT-SAM, plus image batches;
 - :class:`EfficientViTSamAutomaticMaskGenerator`: ``SamAutomaticMaskGenerator`` on EfficientViT-SAM;
 - ``transforms``: the reference's preprocessing and input-image normalisation; :class:`EfficientViTSamTransform`,
-  the predictor's ``transform`` (prompts to the 1024 frame, images to the encoder size).
+  the predictor's ``transform`` (prompts to the 1024 frame, images to the encoder size);
+- ``prompts``: :class:`~evit_mm.sam.prompts.SamPrompts`, the one prompt type (checks, frame transform, padding and
+  batching) of the predictor, training, the zero-shot evaluation and the ONNX inputs.
 """
 from ..models.sam import (SAM_VARIANTS, EfficientViTSam, EfficientViTSamImageEncoder, SamNeck,
                           build_efficientvit_sam, detect_sam_checkpoint_format, efficientvit_sam_model_registry,
