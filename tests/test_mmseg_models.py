@@ -2,7 +2,9 @@
 ShortSideResize transform and the optimizer constructor. Random weights, small inputs, no downloads."""
 from __future__ import annotations
 
+import glob
 import os.path as osp
+import re
 
 import numpy as np
 import pytest
@@ -98,6 +100,70 @@ def test_decode_head_rejects_inconsistent_inputs():
         MODELS.build(dict(base, backbone_out_indices=(1, 2, 3)))
     head = MODELS.build(dict(base, backbone_out_indices=(2, 3, 4)))
     assert head.in_index == (2, 1, 0)
+
+
+def _table_head(key):
+    from evit_mm.models import SEG_HEAD_CONFIGS, EfficientViTSegHead
+    return EfficientViTSegHead(**SEG_HEAD_CONFIGS[key])
+
+
+#: the decode-head arguments that a named head fills in, with their SEG_HEAD_CONFIGS fields
+HEAD_FIELDS = dict(in_channels='in_channel_list', head_width='head_width', head_depth='head_depth',
+                   expand_ratio='expand_ratio', middle_op='middle_op', final_expand='final_expand',
+                   num_classes='n_classes', fid_list='fid_list', stride_list='stride_list', head_stride='head_stride',
+                   act='act', norm_eps='norm_eps')
+
+
+@pytest.mark.parametrize('name', sorted(osp.basename(p) for p in glob.glob(osp.join(CONFIG_DIR, '*.py'))))
+def test_every_seg_config_names_its_head_and_builds_the_table_head(name):
+    """Each seg config names its head (SEG_HEAD_CONFIGS) and restates none of the table's numbers, and the model
+    it builds has exactly the head the table describes: the same state-dict keys and shapes, the same settings."""
+    from evit_mm.models import SEG_HEAD_CONFIGS
+    cfg = load_cfg(name).model.decode_head
+    arch, dataset = re.match(r'efficientvit-(\w+)_seg_.*_(cityscapes|ade20k)-', name).groups()
+    assert cfg.head == f'{arch}_{dataset}'
+    assert not set(cfg) & set(HEAD_FIELDS), f'{name} restates what head={cfg.head!r} gives'
+    ref = SEG_HEAD_CONFIGS[cfg.head]
+    with torch.device('meta'):
+        head = build(name).decode_head
+        core = _table_head(cfg.head)
+    assert {k: v.shape for k, v in head.state_dict().items()} == {k: v.shape for k, v in core.state_dict().items()}
+    assert (tuple(head.in_channels), head.head_width, head.num_classes, head.fid_list, head.stride_list,
+            head.head_stride, head.act, head.norm_eps, head.dropout_ratio) == (
+        ref['in_channel_list'], ref['head_width'], ref['n_classes'], ref['fid_list'], ref['stride_list'],
+        ref['head_stride'], ref['act'], ref['norm_eps'], ref['dropout'])
+    assert head.channels == (round(ref['head_width'] * ref['final_expand']) if ref['final_expand']
+                             else ref['head_width'])
+    assert (len(head.middle.op_list), head.head) == (ref['head_depth'], cfg.head)
+    assert repr(head.middle) == repr(core.middle) and repr(head.output_ops) == repr(core.output_ops)
+    assert repr(head.input_ops) == repr(core.input_ops)
+
+
+def test_a_named_head_takes_agreeing_values_and_refuses_others():
+    """``head=`` fills in the table's numbers; a value given besides must agree (ValueError naming it) and a head
+    without a name needs every number."""
+    from mmseg.registry import MODELS
+
+    import evit_mm.mmseg  # noqa: F401
+    from evit_mm.models import SEG_HEAD_CONFIGS
+    ref = SEG_HEAD_CONFIGS['l1_ade20k']
+    named = MODELS.build(dict(type='EfficientViTSegDecodeHead', head='l1_ade20k'))
+    agreeing = MODELS.build(dict(type='EfficientViTSegDecodeHead', head='l1_ade20k', num_classes=150,
+                                 in_channels=list(ref['in_channel_list']), final_expand=8.0, act='gelu'))
+    spelled = MODELS.build(dict(type='EfficientViTSegDecodeHead', **{k: ref[f] for k, f in HEAD_FIELDS.items()}))
+    shapes = {k: v.shape for k, v in _table_head('l1_ade20k').state_dict().items()}
+    for head in (named, agreeing, spelled):
+        assert {k: v.shape for k, v in head.state_dict().items()} == shapes
+        assert (head.num_classes, head.act, head.norm_eps) == (150, 'gelu', 1e-7)
+    with pytest.raises(ValueError, match=r"num_classes=19 \(the table: 150\)"):
+        MODELS.build(dict(type='EfficientViTSegDecodeHead', head='l1_ade20k', num_classes=19))
+    with pytest.raises(ValueError, match=r"head_depth=5 .*final_expand=None"):
+        MODELS.build(dict(type='EfficientViTSegDecodeHead', head='l1_ade20k', final_expand=None, head_depth=5))
+    with pytest.raises(ValueError, match='unknown seg head config'):
+        MODELS.build(dict(type='EfficientViTSegDecodeHead', head='b9_cityscapes'))
+    with pytest.raises(TypeError, match="head_width"):
+        MODELS.build(dict(type='EfficientViTSegDecodeHead', in_channels=(256, 128, 64), head_depth=1,
+                          expand_ratio=4, middle_op='mbconv', final_expand=None, num_classes=19))
 
 
 @pytest.mark.parametrize('name', [CITY_B1, 'efficientvit-l1_seg_8xb2-160k_ade20k-512x512.py'])

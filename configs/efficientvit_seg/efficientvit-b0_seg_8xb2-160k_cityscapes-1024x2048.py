@@ -7,6 +7,4 @@ _base_ = ['./efficientvit-b1_seg_8xb2-160k_cityscapes-1024x2048.py']
 #   --cfg-options model.backbone.init_cfg="dict(type='Pretrained', checkpoint='/path/to/b0.pt')"
 model = dict(
     backbone=dict(type='EfficientViTB', arch='b0', init_cfg=None),
-    decode_head=dict(  # the reference's b0_cityscapes head
-        in_channels=(128, 64, 32), head_width=32, head_depth=1, expand_ratio=4, middle_op='mbconv',
-        final_expand=4, num_classes=19, act='hswish', norm_eps=1e-5))
+    decode_head=dict(head='b0_cityscapes'))  # the reference's head (SEG_HEAD_CONFIGS['b0_cityscapes'])

@@ -10,9 +10,7 @@ crop_size = (512, 512)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(type='EfficientViTB', arch='b1', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    decode_head=dict(  # the reference's b1_ade20k head
-        in_channels=(256, 128, 64), head_width=64, head_depth=3, expand_ratio=4, middle_op='mbconv',
-        final_expand=None, num_classes=150, act='hswish', norm_eps=1e-5))
+    decode_head=dict(head='b1_ade20k'))  # the reference's head (SEG_HEAD_CONFIGS['b1_ade20k'])
 
 # Training data: mmseg's ADE20K pipeline (reduce_zero_label, RandomResize 0.5-2.0 of 2048x512, RandomCrop 512x512
 # with cat_max_ratio 0.75, flip, PhotoMetricDistortion), 2 images per GPU as SegFormer's ADE20K recipe.

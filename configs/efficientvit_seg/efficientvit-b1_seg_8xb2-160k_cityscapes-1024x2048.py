@@ -15,9 +15,7 @@ crop_size = (1024, 1024)
 model = dict(
     data_preprocessor=dict(size=crop_size),  # training crops are padded to 1024x1024; test inputs are not padded
     backbone=dict(type='EfficientViTB', arch='b1', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    decode_head=dict(  # the reference's b1_cityscapes head
-        in_channels=(256, 128, 64), head_width=64, head_depth=3, expand_ratio=4, middle_op='mbconv',
-        final_expand=4, num_classes=19, act='hswish', norm_eps=1e-5))
+    decode_head=dict(head='b1_cityscapes'))  # the reference's head (SEG_HEAD_CONFIGS['b1_cityscapes'])
 
 # Training data: mmseg's Cityscapes pipeline (RandomResize 0.5-2.0 of 2048x1024, RandomCrop 1024x1024 with
 # cat_max_ratio 0.75, horizontal flip, PhotoMetricDistortion), 2 images per GPU.

@@ -5,6 +5,4 @@ _base_ = ['./efficientvit-b1_seg_8xb2-160k_cityscapes-1024x2048.py']
 pretrained = 'evit://efficientvit_b2.r288'  # MIT's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 model = dict(
     backbone=dict(type='EfficientViTB', arch='b2', init_cfg=dict(checkpoint=pretrained)),
-    decode_head=dict(  # the reference's b2_cityscapes head
-        in_channels=(384, 192, 96), head_width=96, head_depth=3, expand_ratio=4, middle_op='mbconv',
-        final_expand=4, num_classes=19, act='hswish', norm_eps=1e-5))
+    decode_head=dict(head='b2_cityscapes'))  # the reference's head (SEG_HEAD_CONFIGS['b2_cityscapes'])

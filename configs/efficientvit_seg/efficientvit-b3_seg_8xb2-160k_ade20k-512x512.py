@@ -5,6 +5,4 @@ _base_ = ['./efficientvit-b1_seg_8xb2-160k_ade20k-512x512.py']
 pretrained = 'evit://efficientvit_b3.r288'  # MIT's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 model = dict(
     backbone=dict(type='EfficientViTB', arch='b3', init_cfg=dict(checkpoint=pretrained)),
-    decode_head=dict(  # the reference's b3_ade20k head
-        in_channels=(512, 256, 128), head_width=128, head_depth=3, expand_ratio=4, middle_op='mbconv',
-        final_expand=None, num_classes=150, act='hswish', norm_eps=1e-5))
+    decode_head=dict(head='b3_ade20k'))  # the reference's head (SEG_HEAD_CONFIGS['b3_ade20k'])

@@ -5,6 +5,4 @@ _base_ = ['./efficientvit-b1_seg_8xb2-160k_ade20k-512x512.py']
 pretrained = 'evit://efficientvit_l2.r384'  # MIT's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 model = dict(
     backbone=dict(type='EfficientViTL', arch='l2', norm_eps=1e-7, init_cfg=dict(checkpoint=pretrained)),
-    decode_head=dict(  # the reference's l2_ade20k head
-        in_channels=(512, 256, 128), head_width=128, head_depth=3, expand_ratio=4, middle_op='fmbconv',
-        final_expand=8, num_classes=150, act='gelu', norm_eps=1e-7))
+    decode_head=dict(head='l2_ade20k'))  # the reference's head (SEG_HEAD_CONFIGS['l2_ade20k'])

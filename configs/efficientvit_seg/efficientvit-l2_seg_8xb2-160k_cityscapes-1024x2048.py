@@ -5,6 +5,4 @@ _base_ = ['./efficientvit-b1_seg_8xb2-160k_cityscapes-1024x2048.py']
 pretrained = 'evit://efficientvit_l2.r384'  # MIT's ImageNet-1k checkpoint, by name (docs/model_zoo.md)
 model = dict(
     backbone=dict(type='EfficientViTL', arch='l2', norm_eps=1e-7, init_cfg=dict(checkpoint=pretrained)),
-    decode_head=dict(  # the reference's l2_cityscapes head
-        in_channels=(512, 256, 128), head_width=256, head_depth=5, expand_ratio=1, middle_op='fmbconv',
-        final_expand=None, num_classes=19, act='gelu', norm_eps=1e-7))
+    decode_head=dict(head='l2_cityscapes'))  # the reference's head (SEG_HEAD_CONFIGS['l2_cityscapes'])

@@ -1,5 +1,5 @@
 # The EfficientViT segmentation model and training recipe shared by every config in configs/efficientvit_seg/.
-# Dataset configs add the data (an mmseg:: dataset base), the backbone/head sizes and the evaluation pipeline.
+# Dataset configs add the data (an mmseg:: dataset base), the backbone, the head's name and the evaluation pipeline.
 #
 # The reference (mit-han-lab/efficientvit) released models and an evaluation script, never its segmentation
 # training code or hyper-parameters (its most requested item: issues #8, #10, #21, #35, #38, #42, #49, #99,
@@ -28,16 +28,9 @@ model = dict(
         norm_eval=False),  # each dataset config sets init_cfg: the ImageNet checkpoint
     decode_head=dict(
         type='EfficientViTSegDecodeHead',
-        # reference SegHead settings; each model config states its own (= SEG_HEAD_CONFIGS['<model>_<dataset>'])
-        in_channels=(256, 128, 64),
-        head_width=64,
-        head_depth=3,
-        expand_ratio=4,
-        middle_op='mbconv',
-        final_expand=4,
-        num_classes=19,
-        act='hswish',
-        norm_eps=1e-5,
+        # the reference SegHead by name: SEG_HEAD_CONFIGS['<model>_<dataset>'] gives its widths, depth, blocks,
+        # classes, activation and BN eps; each model config names its own
+        head='b1_cityscapes',
         backbone_out_indices=(1, 2, 3, 4),
         dropout_ratio=0.0,  # reference: no dropout before the classifier
         align_corners=False,
