@@ -373,66 +373,12 @@ def test_litemla_autocast_bf16_cpu():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# out_indices, frozen_stages, norm_eval, with_cp
+# unknown archs, with_cp (out_indices, frozen_stages, norm_eval, fuse: test_model_contract.py)
 # ----------------------------------------------------------------------------------------------------------------
 
-def test_out_indices_and_strides():
-    x = image(1, 3, 128, 64)
-    b0 = efficientvit_b0(out_indices=(0, 1, 2, 3, 4)).eval()
-    assert b0.strides == (2, 4, 8, 16, 32) and b0.out_channels == (8, 16, 32, 64, 128)
-    with torch.no_grad():
-        feats = b0(x)
-        d = b0.forward_dict(x)
-    assert [tuple(f.shape) for f in feats] == [(1, c, 128 // s, 64 // s) for c, s in zip(b0.out_channels, b0.strides)]
-    for i, f in enumerate(feats):
-        torch.testing.assert_close(f, d[f'stage{i}'], rtol=0, atol=0)
-    torch.testing.assert_close(d['stage_final'], d['stage4'], rtol=0, atol=0)
-
-    assert efficientvit_b1().out_indices == (1, 2, 3, 4)
-    assert efficientvit_l1().out_indices == (1, 2, 3, 4)
-    xl0 = efficientvit_xl0(out_indices=(5, -3)).eval()  # any order (returned in stage order), negative from the end
-    assert efficientvit_xl0().out_indices == (1, 2, 3, 4, 5)
-    assert xl0.out_indices == (3, 5) and xl0.out_channels == (256, 1024) and xl0.out_strides == (16, 64)
-    with torch.no_grad():
-        f3, f5 = xl0(x)
-    assert f5.shape == (1, 1024, 2, 1) and f3.shape == (1, 256, 8, 4)
-
-    for bad in [(5,), (1, 1), (-6,)]:
-        with pytest.raises(ValueError):
-            efficientvit_b0(out_indices=bad)
-    with pytest.raises(ValueError):
-        efficientvit_b0(frozen_stages=5)
+def test_unknown_arch_is_refused():
     with pytest.raises(ValueError, match='unknown arch'):
         EfficientViTB('b9')
-
-
-def test_forward_stops_after_last_needed_stage(monkeypatch):
-    model = efficientvit_b0(out_indices=(1, 2)).eval()
-    model.stages[3].forward = lambda x: pytest.fail('stage 4 should not run')
-    with torch.no_grad():
-        assert len(model(image(1, 3, 64, 64))) == 2
-
-
-def test_frozen_stages_and_norm_eval():
-    model = randomize_(efficientvit_b0(frozen_stages=1))
-    model.train()
-    frozen, free = [model.input_stem, model.stages[0]], list(model.stages[1:])
-    assert all(not p.requires_grad for s in frozen for p in s.parameters())
-    assert all(p.requires_grad for s in free for p in s.parameters())
-    assert all(not m.training for s in frozen for m in s.modules())
-    assert all(m.training for s in free for m in s.modules() if isinstance(m, nn.BatchNorm2d))
-    stats = {k: v.clone() for k, v in model.state_dict().items() if 'running' in k}
-    model(image(2, 3, 64, 64))[-1].sum().backward()
-    after = model.state_dict()
-    assert all(torch.equal(after[k], v) for k, v in stats.items() if k.startswith(('input_stem', 'stages.0.')))
-    assert any(not torch.equal(after[k], v) for k, v in stats.items() if k.startswith('stages.3.'))
-    assert all(p.grad is None for s in frozen for p in s.parameters())
-
-    model = efficientvit_l0(norm_eval=True, frozen_stages=-1).train()
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and all(not m.training for m in bns)
-    assert all(p.requires_grad for p in model.parameters())
-    assert model.stages[1].training  # only norms are put in eval mode
 
 
 def test_with_cp_gives_same_gradients():
@@ -446,23 +392,8 @@ def test_with_cp_gives_same_gradients():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# fuse / deploy mode
+# fuse / deploy mode of the seg head (the backbones': test_model_contract.py)
 # ----------------------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize('factory,size', [(efficientvit_b1, (128, 96)), (efficientvit_l0, (160, 224))])
-def test_fuse_keeps_outputs(factory, size):
-    model = randomize_(factory()).eval()
-    x = image(1, 3, *size)
-    with torch.no_grad():
-        want = model(x)
-        model.fuse()
-        got = model(x)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    for o, r in zip(got, want):
-        assert_close(o, r)
-    with pytest.raises(RuntimeError, match='before fuse'):
-        model.load_pretrained(factory().state_dict())
-
 
 def test_seg_head_fuse_keeps_outputs():
     backbone = randomize_(efficientvit_b0()).eval()

@@ -16,76 +16,159 @@ from evit_mm.models import (CheckpointMismatchError, EfficientViTB, EfficientViT
 from evit_mm.models.checkpoint import LoadReport, strip_prefix
 from evit_mm.models.classifier import EfficientViTMClassifier
 from evit_mm.models.contract import EfficientViTBackbone, Fusable, LoadsPretrained
-
-BACKBONES = {
-    'm0': lambda **kw: EfficientViTM('m0', **kw),
-    'b0': lambda **kw: EfficientViTB('b0', **kw),
-    'l0': lambda **kw: EfficientViTL('l0', **kw),
-    'xl0': lambda **kw: EfficientViTL('xl0', **kw),
-}
+from evit_mm.models.registry import create_model, model_entries
 
 
-@pytest.mark.parametrize('name', sorted(BACKBONES))
+def _registry_backbones() -> list[str]:
+    """The smallest (first declared) variant of every registry family whose models are backbones: built on the
+    meta device, so finding them costs nothing. Only evit_mm's own models (``efficientvit_*``): the detectors and
+    Meta's SAM are not backbones."""
+    first = {}
+    for name, entry in model_entries().items():
+        if name.startswith('efficientvit_'):
+            first.setdefault(entry.family, name)
+    names = []
+    for name in first.values():
+        with torch.device('meta'):
+            if isinstance(create_model(name), EfficientViTBackbone):
+                names.append(name)
+    return names
+
+
+BACKBONES = _registry_backbones()
+#: fuse() is also checked on M4: its heads' query kernels differ (7/5/3/3), M0's are all 5
+FUSABLE = [*BACKBONES, 'efficientvit_m4']
+BN = nn.modules.batchnorm._BatchNorm
+
+
+def _image(batch=1, h=64, w=128):
+    """Tiny inputs: every stage (down to stride 64) gets at least one pixel, and h != w catches swapped sizes."""
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
+
+
+def _on_meta(name, **kwargs):
+    with torch.device('meta'):
+        return create_model(name, **kwargs)
+
+
+def test_every_backbone_class_is_checked():
+    assert {type(_on_meta(name)) for name in BACKBONES} == {EfficientViTM, EfficientViTB, EfficientViTL}
+    assert [name for name in BACKBONES if 'xl' in name], 'the six-stage XL backbones are checked too'
+
+
+@pytest.mark.parametrize('name', BACKBONES)
 def test_stage_numbering_and_feature_info_describe_the_outputs(name):
     """Stage 0 is the stem; by default every other stage is returned; feature_info's widths and strides are what
-    forward really returns, for every stage."""
-    build = BACKBONES[name]
-    model = build()
-    n = model.num_stages
-    assert isinstance(model, EfficientViTBackbone) and len(model.feature_info) == n
-    assert model.out_indices == tuple(range(1, n))
-    assert [f['stage'] for f in model.feature_info] == list(range(n))
-    everything = build(out_indices=tuple(range(n))).eval()
-    x = torch.randn(1, 3, 128, 128)
+    forward really returns, for every stage; out_indices picks stages (in stage order, negative from the end) and
+    forward runs no stage past the last one picked."""
+    default = _on_meta(name)
+    n = default.num_stages
+    assert isinstance(default, EfficientViTBackbone) and len(default.feature_info) == n
+    assert default.out_indices == tuple(range(1, n))
+    assert [f['stage'] for f in default.feature_info] == list(range(n))
+    everything = create_model(name, out_indices=tuple(range(n))).eval()
+    assert everything.feature_info == default.feature_info
+    x = _image()
     with torch.no_grad():
         outs = everything(x)
-    assert [o.shape[1] for o in outs] == [f['num_chs'] for f in model.feature_info]
-    assert [128 // o.shape[-1] for o in outs] == [f['reduction'] for f in model.feature_info] == list(model.strides)
-    for info in model.feature_info:  # 'module' names the module that computes the stage
-        assert isinstance(model.get_submodule(info['module']), nn.Module)
-    picked = build(out_indices=(-1, 1))
-    assert picked.out_indices == (1, n - 1)  # stage order, negative counts from the end
-    assert picked.out_channels == tuple(model.feature_info[i]['num_chs'] for i in (1, n - 1))
-    assert picked.out_strides == tuple(model.feature_info[i]['reduction'] for i in (1, n - 1))
-    for bad in [(n,), (), (1, 1), (-n - 1,)]:
-        with pytest.raises(ValueError):
-            build(out_indices=bad)
+        by_stage = everything.forward_dict(x)
+    assert [o.shape[1] for o in outs] == [f['num_chs'] for f in default.feature_info]
+    assert [(64 // o.shape[-2], 128 // o.shape[-1]) for o in outs] == [(s, s) for s in default.strides]
+    assert list(default.strides) == [f['reduction'] for f in default.feature_info]
+    for i, (info, out) in enumerate(zip(everything.feature_info, outs)):
+        assert torch.equal(by_stage[f'stage{i}'], out), i  # forward_dict: the reference's stage0 .. stageN
+        assert isinstance(everything.get_submodule(info['module']), nn.Module)  # the module computing the stage
+    assert torch.equal(by_stage['stage_final'], outs[-1]) and torch.equal(by_stage['input'], x)
 
-
-@pytest.mark.parametrize('name', sorted(BACKBONES))
-@pytest.mark.parametrize('frozen', [-1, 0, 1])
-def test_frozen_stages_freeze_the_stem_and_the_first_stages(name, frozen):
-    model = BACKBONES[name](frozen_stages=frozen)
-    model.train()
-    for i, info in enumerate(model.feature_info):
-        module = model.get_submodule(info['module'])
-        assert all(p.requires_grad == (i > frozen) for p in module.parameters()), (name, i)
-        assert all(m.training == (i > frozen) for m in module.modules()), (name, i)
-    with pytest.raises(ValueError, match='frozen_stages'):
-        BACKBONES[name](frozen_stages=model.num_stages)
-
-
-@pytest.mark.parametrize('name', sorted(BACKBONES))
-def test_norm_eval_keeps_every_batchnorm_in_eval_mode(name):
-    model = BACKBONES[name](norm_eval=True).train()
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    assert model.training and bns and not any(m.training for m in bns)
-
-
-@pytest.mark.parametrize('name', sorted(BACKBONES))
-def test_fuse_once_in_place_and_no_loading_afterwards(name):
-    model = randomize_(BACKBONES[name](), what='batchnorm').eval()
-    weights = copy.deepcopy(model.state_dict())
-    x = torch.randn(1, 3, 64, 64)
+    picked = create_model(name, out_indices=(-2, 1)).eval()
+    assert picked.out_indices == (1, n - 2)
+    assert picked.out_channels == tuple(default.feature_info[i]['num_chs'] for i in (1, n - 2))
+    assert picked.out_strides == tuple(default.feature_info[i]['reduction'] for i in (1, n - 2))
+    picked.load_state_dict(everything.state_dict())
+    last = picked.get_submodule(picked.feature_info[-1]['module'])
+    last.forward = lambda *a: pytest.fail('a stage after the last one picked ran')
     with torch.no_grad():
-        want = model(x)
+        got = picked(x)
+    assert len(got) == 2 and torch.equal(got[0], outs[1]) and torch.equal(got[1], outs[n - 2])
+    for bad in [(n,), (), (1, 1), (-n - 1,)]:
+        with pytest.raises(ValueError, match='out_indices'):
+            _on_meta(name, out_indices=bad)
+    for bad in (n, -2):
+        with pytest.raises(ValueError, match='frozen_stages'):
+            _on_meta(name, frozen_stages=bad)
+
+
+@pytest.mark.parametrize('name', BACKBONES)
+@pytest.mark.parametrize('frozen', [-1, 1, 'all'])
+def test_frozen_stages_freeze_the_stem_and_the_first_stages(name, frozen):
+    """frozen_stages=k: the stem and stages 1..k take no gradient and keep their BatchNorm statistics in
+    training (eval mode, also after eval() / train()); the other stages train."""
+    if frozen == 'all':
+        frozen = _on_meta(name).num_stages - 1
+    model = randomize_(create_model(name, frozen_stages=frozen), what='batchnorm', bn_weights=True)
+    stages = [model.get_submodule(info['module']) for info in model.feature_info]
+    model.eval().train()
+    assert model.training
+    for i, stage in enumerate(stages):
+        assert all(p.requires_grad == (i > frozen) for p in stage.parameters()), i
+        assert all(m.training == (i > frozen) for m in stage.modules()), i
+    stats = [copy.deepcopy([(m.running_mean, m.running_var) for m in stage.modules() if isinstance(m, BN)])
+             for stage in stages]
+    loss = sum(o.sum() for o in model(_image(batch=2)))
+    # the gradient reaches every stage that trains (its first parameter stands for it: cheaper than all of them)
+    trained = [next(stage.parameters()) for stage in stages[frozen + 1:]]
+    assert loss.requires_grad == bool(trained)
+    if trained:
+        grads = torch.autograd.grad(loss, trained)
+        assert all(g.abs().sum() > 0 for g in grads)
+    for i, (stage, before) in enumerate(zip(stages, stats)):
+        bns = [m for m in stage.modules() if isinstance(m, BN)]
+        same = [torch.equal(m.running_mean, a) and torch.equal(m.running_var, b) for m, (a, b) in zip(bns, before)]
+        assert all(same) if i <= frozen else not all(same), i
+
+
+@pytest.mark.parametrize('name', BACKBONES)
+def test_norm_eval_keeps_every_batchnorm_in_eval_mode(name):
+    """norm_eval: in training every BatchNorm stays in eval mode (statistics unchanged by a forward, also after
+    eval() / train()) while the rest trains; without it the BatchNorms train."""
+    model = create_model(name, norm_eval=True).train()
+    bns = [m for m in model.modules() if isinstance(m, BN)]
+    assert bns and not any(m.training for m in bns)
+    assert model.training and all(m.training for m in model.modules() if not isinstance(m, BN))
+    assert all(p.requires_grad for p in model.parameters())  # only the norms' mode changes
+    stats = copy.deepcopy([(m.running_mean, m.running_var) for m in bns])
+    with torch.no_grad():
+        model(_image(batch=2))
+    assert all(torch.equal(m.running_mean, a) and torch.equal(m.running_var, b) for m, (a, b) in zip(bns, stats))
+    model.eval().train()
+    assert not any(m.training for m in bns)
+    plain = _on_meta(name).train()
+    assert all(m.training for m in plain.modules() if isinstance(m, BN))
+
+
+@pytest.mark.parametrize('name', FUSABLE)
+def test_fuse_keeps_the_outputs_once_in_place_and_no_loading_afterwards(name):
+    """fuse() folds every BatchNorm away: the same function (in float64 to rounding; in float32 within 1e-5),
+    fewer parameters; once, in place; weights cannot be loaded afterwards."""
+    model = randomize_(create_model(name), seed=10, what='batchnorm', bn_weights=True, attention_biases=True).eval()
+    x = _image(1, 64, 64)
+    weights = copy.deepcopy(model.state_dict())
+    n_params = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        want32 = model(x)
+        want64 = model.double()(x.double())
         assert not model.is_fused
         assert model.fuse() is model and model.is_fused
         fused_keys = list(model.state_dict())
         assert model.fuse() is model and list(model.state_dict()) == fused_keys  # a second call changes nothing
-        for a, b in zip(model(x), want):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        got64 = model(x.double())
+        scale = max(w.abs().max().item() for w in want64)
+        assert scale > 0.5  # non-degenerate outputs
+        assert max((g - w).abs().max().item() for g, w in zip(got64, want64)) < 1e-9 * scale
+        for got, want in zip(model.float()(x), want32):  # folding changes float32's rounding, no more
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, BN) for m in model.modules())
+    assert sum(p.numel() for p in model.parameters()) < n_params
     with pytest.raises(RuntimeError, match='before fuse'):
         model.load_pretrained(weights)
 
