@@ -15,7 +15,7 @@ import os
 import os.path as osp
 import re
 
-from evit_mm.mm.compat import apply_all, prepare_cpu_distributed
+from evit_mm.mm.compat import prepare_cpu_distributed  # importing evit_mm.mm applies the compat fixes, once
 
 SCOPES = ('mmdet', 'mmseg', 'mmagic', 'mmengine')
 CONFIG_ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
@@ -75,7 +75,6 @@ def registry_hints():
 
 def load_config(path: str, cfg_options: dict | None = None):
     from mmengine.config import Config
-    apply_all()
     if not osp.isfile(path):
         raise SystemExit(missing_config_message(path))
     cfg = Config.fromfile(path)
