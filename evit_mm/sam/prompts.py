@@ -21,7 +21,7 @@ one home:
 :meth:`PromptFrame.of_image` maps original-image pixels there exactly as segment-anything's
 ``ResizeLongestSide(1024).apply_coords`` / ``apply_coords_torch`` (numpy in float64, tensors in float32).
 
-This module needs torch and numpy only (no segment_anything, no mm library).
+It imports no mm library (the training and the mmengine metric use it through their own modules).
 """
 from __future__ import annotations
 
