@@ -1,9 +1,13 @@
+import hashlib
+import http.server
 import importlib.util
 import io
 import math
 import os
+import os.path as osp
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -16,6 +20,8 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = osp.join(ROOT, 'tools')
+CONFIGS = osp.join(ROOT, 'configs')
 
 
 def pytest_collection_modifyitems(config, items):
@@ -220,3 +226,95 @@ def answer_with_file(handler, data, headers=(), body: bool = True, truncate: boo
         handler.wfile.write(data[:len(data) // 2] if truncate else data)
         handler.wfile.flush()
         handler.close_connection = handler.close_connection or truncate
+
+
+# ------------------------------------------------------------- a local server in the published weights' URL layout
+CREAM = '/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/'
+HF_SEG = '/han-cai/efficientvit-seg/resolve/main/'
+
+
+class WeightsServer:
+    """Files by URL path; HEAD/GET with the headers huggingface_hub reads; ``drop`` paths end mid-file."""
+
+    def __init__(self):
+        self.files, self.drop, self.requests = {}, set(), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, body: bool):
+                path = self.path.split('?')[0]
+                server.requests.append((self.command, path))
+                data = server.files.get(path)
+                hf_headers = () if data is None else (('ETag', '"%s"' % hashlib.sha256(data).hexdigest()),
+                                                      ('X-Repo-Commit', 'a' * 40))
+                answer_with_file(self, data, hf_headers, body=body, truncate=path in server.drop)
+
+            def do_HEAD(self):
+                self._answer(False)
+
+            def do_GET(self):
+                self._answer(True)
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def gets(self, path):
+        return sum(1 for method, p in self.requests if method == 'GET' and p == path)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    srv = WeightsServer()
+    srv.thread.start()
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
+    monkeypatch.setenv('HF_ENDPOINT', srv.url)
+    monkeypatch.setenv('EVIT_MM_URL_BASE', srv.url)
+    for var in ('HF_HUB_CACHE', 'HF_HUB_OFFLINE', 'EVIT_MM_WEIGHTS_DIR', 'XDG_CACHE_HOME'):
+        monkeypatch.delenv(var, raising=False)
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+# ------------------------------------------------------- a tiny Cityscapes test set and a checkpoint for its model
+SEG_CONFIG = osp.join(ROOT, 'configs', 'efficientvit_seg', 'efficientvit-b0_seg_8xb2-160k_cityscapes-1024x2048.py')
+SEG_TINY = """
+_base_ = [{base!r}]
+test_pipeline = [
+    dict(type='LoadImageFromFile', imdecode_backend='pillow'),
+    dict(type='Resize', scale=(128, 64), keep_ratio=False, interpolation='bicubic'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+test_dataloader = dict(num_workers=0, persistent_workers=False,
+                       dataset=dict(data_root={root!r}, pipeline=test_pipeline))
+model = dict(backbone=dict(init_cfg=None))
+"""
+
+
+@pytest.fixture(scope='module')
+def seg_setup(tmp_path_factory):
+    """Tiny Cityscapes test data (no training data), a config that only points the *test* set at it, and a
+    checkpoint of that config's model."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import evit_mm.mmseg  # noqa: F401
+    from evit_mm.sample_data import make_cityscapes_sample
+    root = tmp_path_factory.mktemp('seg')
+    data = make_cityscapes_sample(str(root / 'city'), num_train=1, num_val=2, image_size=(64, 128))
+    config = root / 'tiny_seg.py'
+    config.write_text(SEG_TINY.format(base=SEG_CONFIG, root=data['root']))
+    cfg = Config.fromfile(str(config))
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    checkpoint = str(root / 'seg_b0.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': {'iter': 1}}, checkpoint)
+    return dict(root=root, data_root=data['root'], config=str(config), checkpoint=checkpoint, model=model)

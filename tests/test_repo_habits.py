@@ -4,6 +4,7 @@ standard library."""
 import ast
 import glob
 import importlib.util
+import os
 import os.path as osp
 import re
 import sys
@@ -16,7 +17,7 @@ from torch import nn
 from conftest import ROOT, load_tool, randomize_
 
 TOOLS = osp.join(ROOT, 'tools')
-TEST_FILES = sorted(glob.glob(osp.join(ROOT, 'tests', 'test_*.py')))
+TEST_FILES = sorted(glob.glob(osp.join(ROOT, 'tests', '**', 'test_*.py'), recursive=True))
 
 
 def _pyproject():
@@ -164,3 +165,17 @@ def test_randomize_bn_weights_and_bad_mode(randomize):
     assert (model.bn.running_var >= 0.5).all() and (model.bn.weight >= 0.75).all()
     with pytest.raises(ValueError, match="'weights'"):
         randomize(model, what='weights')
+
+
+def test_the_tests_mirror_the_package():
+    """tests/test_<name>/ holds the tests of evit_mm/<name>/ (tests/test_tools/: tools/); a test file at the top
+    of tests/ is about the project as a whole (docs, packaging, the environment, these habits)."""
+    folders = sorted({osp.relpath(osp.dirname(path), osp.join(ROOT, 'tests')) for path in TEST_FILES} - {'.'})
+    assert folders, 'no test folders found'
+    homeless = []
+    for folder in folders:
+        parts = [part[len('test_'):] for part in folder.split(os.sep)]
+        home = osp.join(ROOT, *parts) if parts[0] == 'tools' else osp.join(ROOT, 'evit_mm', *parts)
+        if not all(p for p in parts) or not osp.isdir(home):
+            homeless.append(folder)
+    assert not homeless, f'test folders without a package folder of that name: {homeless}'

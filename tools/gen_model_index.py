@@ -16,7 +16,7 @@ metadata cannot drift from what ``create_model`` and ``evit://`` load:
 - the part of ``docs/model_zoo.md`` between its ``<!-- model-zoo-tables -->`` markers: one table per family with
   the registry name, tag, published numbers, config and the one command that evaluates the model.
 
-tests/test_model_zoo_meta.py checks that the committed files are what this script writes.
+tests/test_tools/test_gen_model_index.py checks that the committed files are what this script writes.
 """
 from __future__ import annotations
 

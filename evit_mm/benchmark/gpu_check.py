@@ -27,7 +27,7 @@ that are missing make their parts *skipped*, with the reason, never a crash.
 
 ``dry_run``: the same code on the CPU with tiny sizes and batches, fp32, tiny windows, no compile (unless asked),
 a 2-block stand-in for ViT-H, and without SAM-XL1 and L2 unless named, so that a test runs it
-(tests/test_gpu_check.py).
+(tests/test_benchmark/test_gpu_check.py).
 
 The models are built in one place, :data:`BUILDERS` (and, for the timings, the benchmark's ``MODEL_SPECS``).
 """
@@ -902,7 +902,7 @@ def carry_command(dest: str = '.whl', constraints: str | None = None) -> str:
 
 
 def main_module_names() -> list[str]:
-    """What the check imports of evit_mm (tests/test_gpu_check.py imports them with the mm libraries blocked)."""
+    """What the check imports of evit_mm (tests/test_benchmark/test_gpu_check.py imports them with the mm libraries blocked)."""
     benchmark = ('gpu_check', 'candidates', 'timer', 'report', 'specs', 'machine', 'macs')
     return ['evit_mm.models', 'evit_mm.models.sam', 'evit_mm.sam', 'evit_mm.models.deploy'] + [
         f'evit_mm.benchmark.{name}' for name in benchmark]

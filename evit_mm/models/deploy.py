@@ -26,7 +26,7 @@ The result is for inference only: its state dict has the fused layout and it can
 and a forward in training mode (after ``model.train()``) raises :class:`DeployedModelTrainingError`, naming the
 swapped modules: their folded weights are copies the optimizer would not train (rebuild the model and load the
 trained checkpoint to train further).
-Outputs agree with the eval-mode model to float rounding (about 1e-6 relative; ``tests/test_deploy.py``).
+Outputs agree with the eval-mode model to float rounding (about 1e-6 relative; ``tests/test_models/test_deploy.py``).
 """
 from __future__ import annotations
 

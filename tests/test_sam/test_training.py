@@ -1,14 +1,17 @@
 """EfficientViT-SAM training, the parts: RLE checks, SA-1B/COCO datasets (folders, tar shards, bad files),
 transforms and prompts, the phase-2 loss, optimizer settings, the teacher-embedding cache. The training runs
-themselves (tools/train.py, resume) are in test_sam_training_e2e.py."""
+themselves (tools/train.py, resume) are in tests/test_sam/test_training_e2e.py."""
 import json
 import os.path as osp
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, load_tool
+
+from evit_mm.mm.compat import apply_all
+
+apply_all()
 
 CONFIGS = osp.join(ROOT, 'configs', 'efficientvit_sam')
 PHASE1_DEMO = osp.join(CONFIGS, 'efficientvit-sam-l0_phase1-distill_sa1b-demo.py')
@@ -33,6 +36,7 @@ def _pipeline(size=64, prompts=True, flip=0.5):
 
 def _sa1b_dataset(sa1b, **kwargs):
     from mmengine.registry import DATASETS
+
     import evit_mm.sam.training  # noqa: F401 (registers)
     cfg = dict(type='SA1BDataset', data_root=sa1b['root'], img_dir='images', num_masks=4, pipeline=_pipeline())
     cfg.update(kwargs)
@@ -181,6 +185,7 @@ def test_samples_are_consistent(sa1b):
 
 def test_coco_dataset(tmp_path, coins_coco):
     from mmengine.registry import DATASETS
+
     import evit_mm.sam.training  # noqa: F401
     with open(coins_coco['train_ann']) as f:
         record = json.load(f)
@@ -266,6 +271,7 @@ def test_configs_describe_the_recipe(variant):
 def test_finetune_config_reads_coco(coins_coco):
     from mmengine.config import Config
     from mmengine.registry import DATASETS
+
     import evit_mm.sam.training  # noqa: F401
     cfg = Config.fromfile(osp.join(CONFIGS, 'efficientvit-sam-l0_phase2-finetune_coco.py'))
     ds_cfg = cfg.train_dataloader.dataset
@@ -280,6 +286,7 @@ def test_optimizer_groups_follow_the_reference():
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import MODELS
+
     import evit_mm.sam.training  # noqa: F401
     cfg = Config.fromfile(PHASE1_DEMO)
     model = MODELS.build(cfg.model)
@@ -319,6 +326,7 @@ def test_cache_tool_is_resumable_and_matches_the_online_teacher(tmp_path, sa1b):
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import DATASETS, MODELS
+
     import evit_mm.sam.training  # noqa: F401
     tool = load_tool('sam_cache_teacher_embeddings')
     out = str(tmp_path / 'cache')
@@ -376,3 +384,46 @@ def test_both_phases_run_under_bf16_autocast(sa1b):
         assert torch.isfinite(bf16) and abs(ratio - 1) < 0.05, (cfg["type"], fp32, bf16)
         grads = [p.grad for p in model.sam.image_encoder.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+# ======================================================================== 4. the teacher-embedding cache's files
+def _cache(root, shape=(256, 8, 8), dtype='float16', hflip=False):
+    """A 2-shard cache (5 images, shards of 3) written with the cache's own writers."""
+    from evit_mm.sam.training.cache import write_meta, write_shard
+    meta = dict(version=1, teacher='tiny', teacher_cfg='{}', teacher_size=32, shape=list(shape), dtype=dtype,
+                shard_size=3, hflip=hflip, num_images=5)
+    write_meta(str(root), meta)
+    rng = np.random.default_rng(0)
+    for k, ids in enumerate((['a', 'b', 'c'], ['d', 'e'])):
+        arrays = [rng.standard_normal((len(ids), *shape)).astype(dtype) for _ in range(2 if hflip else 1)]
+        write_shard(str(root), k, ids, arrays[0], arrays[1] if hflip else None)
+    return str(root)
+
+
+def test_cache_refuses_a_truncated_shard_naming_it_and_the_rebuild(tmp_path):
+    from evit_mm.sam.training.cache import EmbeddingCache
+    root = _cache(tmp_path / 'cache', hflip=True)
+    assert EmbeddingCache(root).get('e')['teacher_embedding'].shape == (256, 8, 8)
+    shard = tmp_path / 'cache' / 'shard_000001_hflip.npy'
+    shard.write_bytes(shard.read_bytes()[:5000])  # a copy that stopped half way
+    with pytest.raises(ValueError, match='shard_000001_hflip.npy is truncated') as err:
+        EmbeddingCache(root)
+    message = str(err.value)
+    assert f'python tools/sam_cache_teacher_embeddings.py CONFIG --out {root}' in message
+    assert '--shard-size 3 --dtype float16 --hflip --part 1 --num-parts 2' in message
+    assert 'rm -f ' + str(tmp_path / 'cache' / 'shard_000001') in message
+
+
+@pytest.mark.parametrize('bad', ['shape', 'dtype'])
+def test_cache_refuses_a_shard_of_another_shape_or_dtype(tmp_path, bad):
+    """A shard of a 4x4 grid (or of float32) in a cache whose meta.json says 8x8 float16: refused on open, not
+    handed to training."""
+    from evit_mm.sam.training.cache import EmbeddingCache, write_shard
+    root = _cache(tmp_path / 'cache')
+    wrong = np.zeros((2, 256, 4, 4) if bad == 'shape' else (2, 256, 8, 8),
+                     np.float16 if bad == 'shape' else np.float32)
+    write_shard(root, 1, ['d', 'e'], wrong)
+    expected = r'\(2, 256, 4, 4\), but meta.json says \(2, 256, 8, 8\)' if bad == 'shape' else \
+        'float32, but meta.json says float16'
+    with pytest.raises(ValueError, match=r'shard_000001.npy holds .*' + expected):
+        EmbeddingCache(root)

@@ -2,24 +2,25 @@
 the uninterrupted one (evit_mm.mm.hooks.AtomicCheckpointHook, registered as mmengine's ``CheckpointHook``)."""
 import builtins
 import glob
+import os
 import os.path as osp
 import random
 import shutil
+import signal
+import subprocess
+import sys
 import uuid
 
 import numpy as np
 import pytest
 import torch
+from conftest import CONFIGS, ROOT, TOOLS, load_tool, run_python
 from torch import nn
-
-from conftest import ROOT, load_tool, run_python
 
 import evit_mm.mm.hooks  # noqa: F401  (registers the hook; the adapters import it too)
 from evit_mm.mm.compat import apply_all
 
 apply_all()  # mmengine's checkpoint loading on this torch (the adapters apply it)
-
-TOOLS = osp.join(ROOT, 'tools')
 
 
 # ------------------------------------------------------------------------------------------- a toy mmengine run
@@ -293,6 +294,7 @@ def _quickstart_runner(coins, work_dir, stop_at=None, resume=False, **loader):
     coins-coco at 128 px, 2 iterations per epoch, 2 epochs; ``loader`` overrides train_dataloader settings."""
     from mmengine.config import Config
     from mmengine.runner import Runner
+
     import evit_mm.mmdet  # noqa: F401
     from evit_mm.sample_data import coco_cfg_options
     cfg = Config.fromfile(QUICKSTART)
@@ -345,6 +347,7 @@ def _segmentation_runner(city, work_dir, stop_at=None, resume=False):
     distortion) on a tiny Cityscapes at 64x128 crops: 4 iterations, a checkpoint every 2."""
     from mmengine.config import Config
     from mmengine.runner import Runner
+
     import evit_mm.mmseg  # noqa: F401
     cfg = Config.fromfile(SEG_CONFIG)
     crop = (64, 128)
@@ -378,3 +381,258 @@ def test_resumed_segmentation_run_reproduces_the_uninterrupted_run(tmp_path):
     from evit_mm.sample_data import make_cityscapes_sample
     city = make_cityscapes_sample(str(tmp_path / 'cityscapes'), num_train=4, num_val=2, image_size=(64, 128))
     _assert_resume_reproduces(lambda *a, **kw: _segmentation_runner(city, *a, **kw), tmp_path, 'iter_4.pth')
+
+
+# =========================================================================== 1. every Runner gets the atomic hook
+@pytest.mark.slow
+def test_every_config_builds_the_atomic_checkpoint_hook():
+    """Each evit_mm config, read as mim reads it (``Config.fromfile`` runs its ``custom_imports``), builds
+    ``default_hooks.checkpoint`` as the atomic hook in its own scope: the SAM training configs (default scope
+    mmengine, ``evit_mm.sam.training``) as well as the mmdet / mmseg / mmagic ones. The configs that import the
+    same modules are read in one fresh interpreter per group, so that no group's imports help another's."""
+    from mmengine.config import Config
+    groups = {}
+    for path in sorted(glob.glob(osp.join(CONFIGS, '*', '*.py'))):
+        cfg = Config.fromfile(path, import_custom_modules=False)
+        imports = tuple((cfg.get('custom_imports') or {}).get('imports', ()))
+        groups.setdefault(imports, []).append(path)
+    assert len(groups) >= 4, groups.keys()  # mmdet, mmseg, mmagic, SAM training (at least)
+    built = {}
+    for paths in groups.values():
+        code = f"""
+import importlib, os.path as osp
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+for path in {paths!r}:
+    cfg = Config.fromfile(path)
+    scope = cfg.get('default_scope', 'mmengine')
+    hooks = importlib.import_module(scope + '.registry').HOOKS
+    hook_cfg = dict((cfg.get('default_hooks') or {{}}).get('checkpoint') or dict(type='CheckpointHook'))
+    with DefaultScope.overwrite_default_scope(scope):
+        print(osp.basename(path), type(hooks.build(hook_cfg)).__name__)
+"""
+        proc = run_python(code, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        built.update(line.split() for line in proc.stdout.splitlines())
+    assert len(built) == len(glob.glob(osp.join(CONFIGS, '*', '*.py'))) > 30
+    plain = sorted(name for name, hook in built.items() if hook != 'AtomicCheckpointHook')
+    assert not plain, f'configs whose runs get mmengine\'s plain CheckpointHook: {plain}'
+
+
+#: Runs a tool like ``python tools/X.py ...``, except that mmengine's local file write of the checkpoint whose name
+#: starts with $EVIT_KILL_AT writes half of the bytes and then SIGKILLs the process (a kill during the save).
+_KILLING_LAUNCHER = r"""
+import os, runpy, signal, sys
+from mmengine.fileio.backends import LocalBackend
+put, target = LocalBackend.put, os.environ['EVIT_KILL_AT']
+
+def put_then_die(self, obj, filepath):
+    if os.path.basename(str(filepath)).startswith(target):
+        with open(filepath, 'wb') as f:
+            f.write(obj[:len(obj) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+    return put(self, obj, filepath)
+
+LocalBackend.put = put_then_die
+tool = sys.argv.pop(1)
+sys.argv[0] = tool
+runpy.run_path(tool, run_name='__main__')
+"""
+
+
+def _train(config, work, options, *extra, kill_at=None):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    args = [osp.join(TOOLS, 'train.py'), config, '--work-dir', str(work), *extra, '--cfg-options', *options]
+    if kill_at:
+        env['EVIT_KILL_AT'] = kill_at
+        args = ['-c', _KILLING_LAUNCHER] + args
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+
+
+def _weights(path):
+    from evit_mm.mm.compat import load_local_checkpoint
+    return load_local_checkpoint(str(path), map_location='cpu')
+
+
+def _kill_and_resume(config, options, tmp_path, steps=4):
+    """An uninterrupted run of ``steps`` iterations (a checkpoint every ``steps // 2``) against one killed while
+    writing its last checkpoint and resumed with ``--resume``: what the kill left, then the resumed weights."""
+    from evit_mm.mm.hooks import RNG_KEY, is_loadable_checkpoint
+    half, straight, work = steps // 2, tmp_path / 'straight', tmp_path / 'killed'
+    options = options + [f'train_cfg.max_iters={steps}', f'default_hooks.checkpoint.interval={half}']
+    proc = _train(config, straight, options)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    proc = _train(config, work, options, kill_at=f'iter_{steps}')
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-3000:] + proc.stderr[-3000:]
+    final = work / f'iter_{steps}.pth'
+    assert not final.exists(), f'{final.name} was being written in place: killed, it is a truncated file ' \
+                               f'({final.stat().st_size} bytes) under the final name'
+    assert (work / f'iter_{steps}.pth.tmp').exists()  # what the kill interrupted: the temporary file
+    kept = work / f'iter_{half}.pth'
+    assert is_loadable_checkpoint(str(kept)) and (work / 'last_checkpoint').read_text() == str(kept)
+    assert RNG_KEY in _weights(kept), 'the checkpoint holds no random generator states'
+
+    proc = _train(config, work, options, '--resume')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert f'resumed epoch: 0, iter: {half}' in log and f'restored the random generator states saved at iteration ' \
+                                                        f'{half}' in log
+    assert not glob.glob(str(work / '*.tmp'))
+    a, b = _weights(straight / f'iter_{steps}.pth')['state_dict'], _weights(final)['state_dict']
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), 'the resumed run differs'
+
+
+@pytest.mark.slow
+def test_sam_run_killed_while_saving_resumes_where_it_was(tmp_path):
+    """EfficientViT-SAM phase 1 through tools/train.py (no --resume on the first run: mmengine's stock hook
+    until now), SIGKILLed while writing iter_4.pth, then ``--resume``: iter_2 is resumed, RNG states and all,
+    and the final weights equal the uninterrupted run's bit for bit."""
+    from evit_mm.sample_data import make_sa1b_sample
+    demo = make_sa1b_sample(str(tmp_path / 'sa1b'), num_images=4, image_size=96)
+    config = osp.join(CONFIGS, 'efficientvit_sam', 'efficientvit-sam-l0_phase1-distill_sa1b-demo.py')
+    _kill_and_resume(config, [f'train_dataloader.dataset.data_root={demo["root"]}'], tmp_path)
+
+
+@pytest.mark.slow
+def test_mmseg_run_killed_while_saving_resumes_where_it_was(tmp_path):
+    """EfficientViT-B0 (mmseg, random crops, flips and head dropout) on a tiny Cityscapes, through tools/train.py:
+    the same kill during the save of iter_4.pth, the same exact resume."""
+    from evit_mm.sample_data import make_cityscapes_sample
+    city = make_cityscapes_sample(str(tmp_path / 'cityscapes'), num_train=4, num_val=2, image_size=(64, 128))
+    seg = osp.join(CONFIGS, 'efficientvit_seg', 'efficientvit-b0_seg_8xb2-160k_cityscapes-1024x2048.py')
+    config = tmp_path / 'tiny_seg.py'
+    config.write_text(f"""_base_ = [{seg!r}]
+crop_size = (64, 128)
+model = dict(data_preprocessor=dict(size=crop_size), backbone=dict(init_cfg=None),
+             decode_head=dict(dropout_ratio=0.1))
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False, dataset=dict(
+    data_root={osp.join(city['root'], '')!r}, pipeline=[
+        dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+        dict(type='RandomResize', scale=(256, 64), ratio_range=(0.5, 2.0), keep_ratio=True),
+        dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75), dict(type='RandomFlip', prob=0.5),
+        dict(type='PhotoMetricDistortion'), dict(type='PackSegInputs')]))
+val_dataloader = val_cfg = val_evaluator = test_dataloader = test_cfg = test_evaluator = None
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=4)
+randomness = dict(seed=0)
+""")
+    _kill_and_resume(str(config), [], tmp_path)
+
+
+# ================================================================================== 2. NaN resumes, NaN losses
+class _Data(torch.utils.data.Dataset):
+    """8 samples; ``nan_at`` makes that sample's input NaN (a diverging batch)."""
+
+    def __init__(self, nan_at=None):
+        self.nan_at = nan_at
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        x = torch.full((4,), index / 8.0)
+        if index == self.nan_at:
+            x[0] = float('nan')
+        return dict(inputs=x, labels=torch.tensor(float(index % 2)))
+
+
+def _toy_runner(work_dir, epochs=2, nan_at=None, resume=False, load_from=None, checkpoint=None):
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 1)
+
+        def forward(self, inputs, labels=None, mode='tensor'):
+            out = self.fc(inputs).squeeze(-1)
+            return dict(loss=((out - labels) ** 2).mean()) if mode == 'loss' else out
+
+    loader = dict(dataset=_Data(nan_at), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=2,
+                  num_workers=0, collate_fn=dict(type='default_collate'))
+    return Runner(model=Toy(), work_dir=str(work_dir), train_dataloader=loader,
+                  train_cfg=dict(by_epoch=True, max_epochs=epochs), optim_wrapper=dict(optimizer=dict(type='SGD',
+                                                                                                  lr=0.01)),
+                  default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1, **(checkpoint or {}))),
+                  randomness=dict(seed=0), resume=resume, load_from=load_from, log_level='WARNING',
+                  experiment_name=f'toy_{uuid.uuid4().hex}', default_scope='mmengine')
+
+
+@pytest.fixture
+def nan_checkpoint(tmp_path):
+    """A work dir with epoch_1.pth whose weights were then made NaN (a diverged run's save, a damaged file)."""
+    _toy_runner(tmp_path, epochs=1).train()
+    path = tmp_path / 'epoch_1.pth'
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint['state_dict']['fc.weight'][0, 0] = float('nan')
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_resume_refuses_nonfinite_weights(nan_checkpoint):
+    from evit_mm.models.checkpoint import NonFiniteWeightsError
+    for load_from in (None, str(nan_checkpoint)):  # --resume (the work dir's newest) and --resume PATH
+        runner = _toy_runner(nan_checkpoint.parent, resume=True, load_from=load_from)
+        with pytest.raises(NonFiniteWeightsError, match=str(nan_checkpoint)) as err:
+            runner.train()
+        assert 'fc.weight' in str(err.value) and '--allow-nonfinite' in str(err.value)
+    assert sorted(p.name for p in nan_checkpoint.parent.glob('*.pth')) == ['epoch_1.pth']  # nothing saved
+
+
+def test_resume_with_allow_nonfinite_then_stops_at_the_nan_loss(nan_checkpoint):
+    """The override of load_from works for --resume too (tools/train.py --allow-nonfinite goes through
+    use_checked_loading); the NaN weights then give a NaN loss, which stops the run at its first iteration."""
+    from evit_mm.mm.hooks import NonFiniteLossError
+    from evit_mm.mm.loading import use_checked_loading
+    runner = _toy_runner(nan_checkpoint.parent, resume=True)
+    use_checked_loading(runner, allow_nonfinite=True)
+    with pytest.raises(NonFiniteLossError, match=r'loss is nan at iteration 5 \(epoch 2\)'):
+        runner.train()
+    assert not (nan_checkpoint.parent / 'epoch_2.pth').exists()
+
+
+def test_nonfinite_loss_stops_the_run_naming_the_iteration(tmp_path):
+    from evit_mm.mm.hooks import NonFiniteLossError
+    runner = _toy_runner(tmp_path / 'stop', nan_at=5)  # sample 5: iteration 3 (batches of 2, in order)
+    with pytest.raises(NonFiniteLossError, match=r'loss is nan at iteration 3 \(epoch 1\)') as err:
+        runner.train()
+    assert 'check_finite_loss=False' in str(err.value)
+    assert not list((tmp_path / 'stop').glob('*.pth'))
+    opted_out = _toy_runner(tmp_path / 'go_on', nan_at=5, checkpoint=dict(check_finite_loss=False))
+    opted_out.train()  # mmengine's behaviour, chosen explicitly
+    assert (tmp_path / 'go_on' / 'epoch_2.pth').exists()
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_on_one_rank_stops_every_rank():
+    """DDP: the loss diverges on rank 1 only (its batch); both ranks raise at that iteration, none waits forever
+    in the next all-reduce. Two gloo processes, the hook's check called as the loop calls it."""
+    code = """
+import os, types, torch, torch.distributed as dist, torch.multiprocessing as mp
+
+def work(rank):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29533')
+    dist.init_process_group('gloo', rank=rank, world_size=2)
+    from evit_mm.mm.hooks import AtomicCheckpointHook, NonFiniteLossError
+    from mmengine.logging import MessageHub
+    hook = AtomicCheckpointHook(interval=1)
+    runner = types.SimpleNamespace(iter=6, epoch=0, train_loop=None,
+                                   message_hub=MessageHub.get_instance(f'nan_rank_{rank}'))
+    loss = torch.tensor(float('nan') if rank == 1 else 0.5)
+    try:
+        hook._check_loss(runner, dict(loss=loss))
+        print(rank, 'went on', flush=True)
+    except NonFiniteLossError as err:
+        print(rank, 'stopped:', err, flush=True)
+    dist.destroy_process_group()
+
+mp.start_processes(work, nprocs=2, start_method='fork')
+"""
+    proc = run_python(code, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(proc.stdout.splitlines())
+    assert lines[0].startswith('0 stopped: the training loss is NaN/inf on another rank at iteration 7'), lines
+    assert lines[1].startswith('1 stopped: the training loss is nan at iteration 7'), lines

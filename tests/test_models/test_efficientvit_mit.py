@@ -373,7 +373,7 @@ def test_litemla_autocast_bf16_cpu():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# unknown archs, with_cp (out_indices, frozen_stages, norm_eval, fuse: test_model_contract.py)
+# unknown archs, with_cp (out_indices, frozen_stages, norm_eval, fuse: tests/test_models/test_contract.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 def test_unknown_arch_is_refused():
@@ -392,7 +392,7 @@ def test_with_cp_gives_same_gradients():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# fuse / deploy mode of the seg head (the backbones': test_model_contract.py)
+# fuse / deploy mode of the seg head (the backbones': tests/test_models/test_contract.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 def test_seg_head_fuse_keeps_outputs():

@@ -5,13 +5,15 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import load_tool, randomize_, run_python
 from torch import nn
 
-from conftest import load_tool, randomize_, run_python
-
 import evit_mm
+from evit_mm.mm.compat import apply_all
 from evit_mm.models import EfficientViTB, EfficientViTL, EfficientViTM, EfficientViTSeg
 from evit_mm.models.efficientvit_msra import CascadedGroupAttention
+
+apply_all()
 
 # randomize_ settings: non-trivial BN statistics and scales and non-zero attention biases, so that folding is
 # exercised
@@ -250,3 +252,20 @@ def test_export_tool_writes_a_checked_graph_and_rejects_unknown_models(tmp_path,
     assert 'out3 (1, 128, 2, 2)' in text  # the four stages of B0 at 64x64 (stride 32)
     with pytest.raises(SystemExit, match='unknown model'):
         tool.main(['efficientvit_b9', str(tmp_path / 'x.onnx')])
+
+
+# ============================================================================================ 6. a deployed model
+def test_training_a_deployed_model_is_refused_naming_the_swapped_modules():
+    import evit_mm
+    from evit_mm.models import EfficientViTM
+    from evit_mm.models.deploy import DeployedModelTrainingError
+    model = EfficientViTM('m0')
+    evit_mm.deploy(model)
+    x = torch.randn(1, 3, 64, 64)
+    model(x)  # eval mode: inference as before
+    model.train()
+    with pytest.raises(DeployedModelTrainingError, match=r'stages\.\d+\..*\(DeployedCascadedGroupAttention\) is '
+                                                         r'an inference-only module swapped in by evit_mm.deploy'):
+        model(x)
+    with torch.no_grad():
+        model.eval()(x)  # back in eval mode, it runs again

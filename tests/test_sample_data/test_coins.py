@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import CONFIGS
 from PIL import Image
 
 
@@ -65,8 +66,7 @@ def test_coco_cfg_options_point_an_mmdet_config_at_the_dataset(coins_coco):
     from mmengine.config import Config
 
     from evit_mm.sample_data import coco_cfg_options
-    cfg = Config.fromfile(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                                       'quickstart', 'retinanet_efficientvit-m0_fpn_coins.py'))
+    cfg = Config.fromfile(os.path.join(CONFIGS, 'quickstart', 'retinanet_efficientvit-m0_fpn_coins.py'))
     cfg.merge_from_dict(coco_cfg_options(coins_coco))
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         assert cfg[loader].dataset.data_root == os.path.join(coins_coco['root'], '')

@@ -3,26 +3,19 @@
 tools/test.py and load_from load strictly (an unrelated checkpoint is an error listing the keys, ``--no-strict``
 relaxes it) and convert a raw Cream detector checkpoint in memory; EVIT_MM_TRUST_CHECKPOINTS trusts the files it
 lists and nothing else, downloads included; empty, truncated, NaN and other-family checkpoints get a message naming
-the file and the cause; ``--show-dir`` works for mmagic configs and for mmseg configs whose training data is absent.
-"""
+the file and the cause; ``--show-dir`` works for mmagic configs and for mmseg configs whose training data is absent."""
 import glob
 import os
 import os.path as osp
 import pickle
 import re
-import subprocess
-import sys
 import types
 
 import pytest
 import torch
+from conftest import ROOT, load_tool
 from torch import nn
 
-from conftest import ROOT, load_tool
-
-TOOLS = osp.join(ROOT, 'tools')
-SEG_CONFIG = osp.join(ROOT, 'configs', 'efficientvit_seg', 'efficientvit-b0_seg_8xb2-160k_cityscapes-1024x2048.py')
-SR_CONFIG = osp.join(ROOT, 'configs', 'efficientvit_sr', 'efficientvit-sr-lightweight-w1.0_x2_8xb4-500k_div2k.py')
 DET_CONFIG = osp.join(ROOT, 'configs', 'quickstart', 'retinanet_efficientvit-m0_fpn_coins.py')
 
 
@@ -31,53 +24,6 @@ class CustomMeta:
 
     def __init__(self, value):
         self.value = value
-
-
-def _run_tool(args, cwd, timeout=600):
-    path = os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
-    env = dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=path)  # this checkout's evit_mm
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# item 3: tools/test.py and load_from are strict
-# ----------------------------------------------------------------------------------------------------------------
-
-SEG_TINY = """
-_base_ = [{base!r}]
-test_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow'),
-    dict(type='Resize', scale=(128, 64), keep_ratio=False, interpolation='bicubic'),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs'),
-]
-test_dataloader = dict(num_workers=0, persistent_workers=False,
-                       dataset=dict(data_root={root!r}, pipeline=test_pipeline))
-model = dict(backbone=dict(init_cfg=None))
-"""
-
-
-@pytest.fixture(scope='module')
-def seg_setup(tmp_path_factory):
-    """Tiny Cityscapes test data (no training data), a config that only points the *test* set at it, and a
-    checkpoint of that config's model."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    import evit_mm.mmseg  # noqa: F401
-    from evit_mm.sample_data import make_cityscapes_sample
-    root = tmp_path_factory.mktemp('seg')
-    data = make_cityscapes_sample(str(root / 'city'), num_train=1, num_val=2, image_size=(64, 128))
-    config = root / 'tiny_seg.py'
-    config.write_text(SEG_TINY.format(base=SEG_CONFIG, root=data['root']))
-    cfg = Config.fromfile(str(config))
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    checkpoint = str(root / 'seg_b0.pth')
-    torch.save({'state_dict': model.state_dict(), 'meta': {'iter': 1}}, checkpoint)
-    return dict(root=root, data_root=data['root'], config=str(config), checkpoint=checkpoint, model=model)
 
 
 def test_test_tool_refuses_an_unrelated_checkpoint(seg_setup, tmp_path):
@@ -185,9 +131,9 @@ def _evit_to_cream(key: str) -> str:
 
 @pytest.fixture(scope='module')
 def retinanet_m0():
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from mmdet.registry import MODELS
 
     import evit_mm.mmdet  # noqa: F401
     cfg = Config.fromfile(DET_CONFIG)
@@ -202,8 +148,8 @@ def retinanet_m0():
 
 def test_raw_cream_detector_checkpoint_is_converted(retinanet_m0, tmp_path):
     """A Cream detector file (mmdet 2.x, backbone in Cream's layout) given to test.py / load_from."""
-    from evit_mm.models.convert_msra import convert_msra_state_dict
     from evit_mm.mm.loading import load_checkpoint_checked
+    from evit_mm.models.convert_msra import convert_msra_state_dict
     source = retinanet_m0(0)
     sd = source.state_dict()
     cream = {(f'backbone.{_evit_to_cream(k[9:])}' if k.startswith('backbone.') else k): v for k, v in sd.items()}
@@ -227,8 +173,8 @@ def test_raw_cream_detector_checkpoint_is_converted(retinanet_m0, tmp_path):
 
 
 def test_nonfinite_weights_refused_by_the_tools(tmp_path):
-    from evit_mm.models.checkpoint import NonFiniteWeightsError
     from evit_mm.mm.loading import load_checkpoint_checked
+    from evit_mm.models.checkpoint import NonFiniteWeightsError
     model = nn.Linear(2, 2)
     sd = model.state_dict()
     sd['weight'] = torch.tensor([[1.0, float('nan')], [0.0, 1.0]])
@@ -259,8 +205,8 @@ def test_use_checked_loading_from_the_package_on_a_runner(tmp_path):
     """One's own script: a plain mmengine Runner, made strict with ``evit_mm.mm.loading`` (no tools/)."""
     from mmengine.runner import Runner
 
-    from evit_mm.models import CheckpointMismatchError
     from evit_mm.mm.loading import use_checked_loading
+    from evit_mm.models import CheckpointMismatchError
 
     def runner_loading(checkpoint, name, **kwargs):
         path = str(tmp_path / name)
@@ -320,10 +266,6 @@ def test_runner_loading_needs_no_downstream_library_and_models_do_not_import_it(
         assert 'runner_loading' not in source and not re.search(r'evit_mm\.mm\b|from \.\.mm\b', source), path
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# item 4: trust is scoped to the listed files; builtins.bytes
-# ----------------------------------------------------------------------------------------------------------------
-
 def test_trust_is_scoped_to_the_listed_files(tmp_path, monkeypatch):
     from evit_mm.mm.compat import TRUST_ENV, load_local_checkpoint
     listed, other = tmp_path / 'listed.pth', tmp_path / 'other.pth'
@@ -349,6 +291,7 @@ def test_downloaded_pretrained_file_is_loaded_weights_only(tmp_path, monkeypatch
     """mmengine downloads http(s):// checkpoints with torch.hub.load_state_dict_from_url(weights_only=False);
     evit_mm's loader downloads into torch.hub's folder and loads the file weights-only."""
     from mmengine.runner.checkpoint import CheckpointLoader
+
     from evit_mm.mm.compat import TRUST_ENV, apply_all
     apply_all()
     served = tmp_path / 'served.pth'
@@ -377,6 +320,7 @@ def test_empty_history_buffer_checkpoint_loads_weights_only(tmp_path, monkeypatc
     """An empty HistoryBuffer pickles builtins.bytes; mmengine's load_checkpoint of such a file failed."""
     from mmengine.logging import HistoryBuffer, MessageHub
     from mmengine.runner.checkpoint import load_checkpoint
+
     from evit_mm.mm.compat import TRUST_ENV, apply_all
     apply_all()
     monkeypatch.delenv(TRUST_ENV, raising=False)
@@ -391,58 +335,6 @@ def test_empty_history_buffer_checkpoint_loads_weights_only(tmp_path, monkeypatc
     checkpoint = load_checkpoint(target, path, map_location='cpu', strict=True)
     assert isinstance(checkpoint['buffers']['empty'], HistoryBuffer)
     assert torch.equal(target.weight, model.weight)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# item 5: damaged and wrong files name the file and the cause
-# ----------------------------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def damaged(tmp_path):
-    from evit_mm.models import EfficientViTM
-    model = EfficientViTM('m0')
-    good = tmp_path / 'good.pth'
-    torch.save(model.state_dict(), good)
-    empty = tmp_path / 'empty.pth'
-    empty.write_bytes(b'')
-    truncated = tmp_path / 'truncated.pth'
-    data = good.read_bytes()
-    truncated.write_bytes(data[:len(data) // 2])
-    return dict(empty=str(empty), truncated=str(truncated), good=str(good))
-
-
-@pytest.mark.parametrize('kind, cause', [('empty', 'is empty'), ('truncated', 'truncated')])
-def test_damaged_file_names_the_file(damaged, kind, cause):
-    from mmengine.runner.checkpoint import CheckpointLoader
-    from evit_mm.mm.compat import apply_all
-    from evit_mm.models import EfficientViTM, read_checkpoint
-    from evit_mm.models.checkpoint import CheckpointFileError
-    apply_all()
-    path = damaged[kind]
-    for load in (lambda: read_checkpoint(path), lambda: EfficientViTM('m0').load_pretrained(path),
-                 lambda: CheckpointLoader.load_checkpoint(path, map_location='cpu')):
-        with pytest.raises(CheckpointFileError, match=cause) as err:
-            load()
-        assert path in str(err.value)
-
-
-def test_nonfinite_weights_are_refused(tmp_path):
-    from evit_mm.models import EfficientViTM
-    from evit_mm.models.checkpoint import NonFiniteWeightsError
-    model = EfficientViTM('m0')
-    sd = model.state_dict()
-    sd['patch_embed.0.conv.weight'] = sd['patch_embed.0.conv.weight'].clone()
-    sd['patch_embed.0.conv.weight'][0, 0, 0, 0] = float('nan')
-    sd['stages.0.blocks.0.attn.attention_biases'] = torch.full_like(sd['stages.0.blocks.0.attn.attention_biases'],
-                                                                    float('inf'))
-    path = str(tmp_path / 'diverged.pth')
-    torch.save(sd, path)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(NonFiniteWeightsError) as err:
-        model.load_pretrained(path)
-    assert path in str(err.value)
-    assert sorted(err.value.keys) == ['patch_embed.0.conv.weight', 'stages.0.blocks.0.attn.attention_biases']
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_nonfinite_pretrained_init_cfg_names_the_file(tmp_path):
@@ -461,96 +353,3 @@ def test_nonfinite_pretrained_init_cfg_names_the_file(tmp_path):
     with pytest.raises(NonFiniteWeightsError, match=re.escape(path)) as err:
         backbone.init_weights()
     assert err.value.keys == ['patch_embed.2.bn.running_var']
-
-
-def test_msra_checkpoint_into_mit_model_names_the_family(tmp_path):
-    """An EfficientViT-M4 file loaded into B2: before, "timm state dict: cannot tell EfficientViT-B from -L"."""
-    from evit_mm.models import CheckpointMismatchError, EfficientViTB, EfficientViTM
-    m4 = EfficientViTM('m4').state_dict()
-    path = str(tmp_path / 'efficientvit_m4.pth')
-    torch.save({'model': m4}, path)
-    with pytest.raises(ValueError) as err:
-        EfficientViTB('b2').load_pretrained(path)
-    msg = str(err.value)
-    assert path in msg and 'EfficientViT-M' in msg and 'EfficientViTM' in msg and 'm4' in msg
-    assert 'cannot tell' not in msg
-    # under backbone. (a detector checkpoint): the key diff, then the same explanation
-    det = str(tmp_path / 'detector_m4.pth')
-    torch.save({'state_dict': {f'backbone.{k}': v for k, v in m4.items()}}, det)
-    with pytest.raises(CheckpointMismatchError, match=r'hint: this is an EfficientViT-M \(MSRA\) checkpoint'):
-        EfficientViTB('b2').load_pretrained(det)
-
-
-def test_mit_checkpoint_into_msra_model_names_the_file(tmp_path):
-    from evit_mm.models import EfficientViTB, EfficientViTM
-    path = str(tmp_path / 'efficientvit_b2.pth')
-    torch.save(EfficientViTB('b2').state_dict(), path)
-    with pytest.raises(ValueError, match=re.escape(path) + ': not an EfficientViT-M state dict'):
-        EfficientViTM('m4').load_pretrained(path)
-
-
-@pytest.mark.parametrize('allow_pickle', [False, True])
-def test_converter_names_an_empty_input(damaged, capsys, allow_pickle):
-    converter = load_tool('convert_efficientvit_msra')
-    args = [damaged['empty'], damaged['empty'] + '.out'] + (['--allow-pickle'] if allow_pickle else [])
-    assert converter.main(args) == 1
-    err = capsys.readouterr().err
-    assert damaged['empty'] in err and 'is empty' in err
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# item 9 (part): tools/test.py --show-dir
-# ----------------------------------------------------------------------------------------------------------------
-
-@pytest.mark.slow
-def test_show_dir_seg_with_only_the_test_root_overridden(seg_setup, tmp_path):
-    """The released config, its test set pointed at the sample data with --cfg-options (no training data):
-    mmseg's visualization hook read runner.iter, which built the training set and crashed."""
-    work = str(tmp_path / 'work')
-    root = seg_setup['data_root']
-    proc = _run_tool([osp.join(TOOLS, 'test.py'), SEG_CONFIG, seg_setup['checkpoint'], '--work-dir', work,
-                      '--show-dir', 'vis', '--cfg-options', f'test_dataloader.dataset.data_root={root}',
-                      'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
-                      'model.backbone.init_cfg=None'], cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    drawn = glob.glob(osp.join(work, 'vis', '**', '*.png'), recursive=True)
-    assert len(drawn) == 2, drawn
-
-
-SR_TINY = """
-_base_ = [{base!r}]
-test_dataloader = _base_.test_dataloader
-for loader in test_dataloader:
-    loader.update(num_workers=0, persistent_workers=False)
-    loader['dataset']['data_root'] = loader['dataset']['data_root'].replace('data', {root!r}, 1)
-"""
-
-
-@pytest.mark.slow
-def test_show_dir_mmagic(tmp_path):
-    """mmagic configs draw through a custom BasicVisualizationHook (no default_hooks.visualization): --show-dir
-    was refused; now the drawings of every test set go into the folder."""
-    from mmagic.registry import MODELS
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-
-    import evit_mm.mmagic  # noqa: F401
-    from evit_mm.sample_data.sr import make_sr_testset
-    root = str(tmp_path / 'sr')
-    for i, name in enumerate(('BSD100', 'Set5', 'Set14')):
-        make_sr_testset(osp.join(root, name), num_images=i + 1, gt_size=(24, 36), scales=(2,), seed=i)
-    names = {osp.splitext(osp.basename(p))[0] for p in glob.glob(osp.join(root, '*', 'GTmod12', '*.png'))}
-    config = tmp_path / 'tiny_sr.py'
-    config.write_text(SR_TINY.format(base=SR_CONFIG, root=root))
-    init_default_scope('mmagic')
-    model = MODELS.build(Config.fromfile(str(config)).model)
-    checkpoint = str(tmp_path / 'sr.pth')
-    torch.save({'state_dict': model.state_dict()}, checkpoint)
-    work = str(tmp_path / 'work')
-    proc = _run_tool([osp.join(TOOLS, 'test.py'), str(config), checkpoint, '--work-dir', work, '--show-dir', 'vis'],
-                     cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    drawn = glob.glob(osp.join(work, 'vis', '**', '*.png'), recursive=True)
-    # mmagic names a drawing after its image (<name>_<step>.png): one per distinct test image
-    assert {osp.basename(p).rsplit('_', 1)[0] for p in drawn} == names and len(names) > 1, (drawn, names)
-

@@ -1,12 +1,17 @@
 """evit_mm's compatibility fixes for the OpenMMLab stack on torch 2.14 (see evit_mm/mm/compat), and the old import
 paths of evit_mm.mm's modules."""
+import os
+import os.path as osp
 import pickle
 
 import pytest
 import torch
+from conftest import CONFIGS, ROOT, TOOLS, run_python
 from torch import nn
 
-from conftest import ROOT, run_python
+from evit_mm.mm.compat import apply_all
+
+apply_all()
 
 
 class CustomMeta:
@@ -113,8 +118,9 @@ def test_untrusted_globals_are_still_refused(tmp_path, monkeypatch):
 
 
 def test_restricted_getattr_only_resolves_history_buffer_statistics(tmp_path):
-    from evit_mm.mm.compat.mmengine_checkpoint import _restricted_getattr
     from mmengine.logging.history_buffer import HistoryBuffer
+
+    from evit_mm.mm.compat.mmengine_checkpoint import _restricted_getattr
     assert _restricted_getattr(HistoryBuffer, 'mean') is HistoryBuffer.mean
     for obj, name in [(HistoryBuffer, '__init__'), (torch, 'load'), (HistoryBuffer, '__class__')]:
         with pytest.raises(pickle.UnpicklingError):
@@ -246,3 +252,38 @@ def test_nothing_in_the_package_tools_or_configs_uses_an_old_path():
                              old=('evit_mm.mm.hooks',)) == ['evit_mm.mm.hooks']
     config = osp.join(ROOT, 'configs', 'efficientvit_seg', '_base_', 'efficientvit_seg_160k.py')
     assert _old_path_imports(config, 'configs.efficientvit_seg._base_', old=('evit_mm.mmseg',)) == ['evit_mm.mmseg']
+
+
+def test_cpu_distributed_config_logs_the_backend_that_runs():
+    """A torchrun run without CUDA uses gloo; the config that the Runner logs and dumps says gloo, not the bases'
+    nccl."""
+    code = """
+import os, torch.distributed as dist
+os.environ.update(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1', MASTER_PORT='29531')
+from mmengine.config import Config
+from evit_mm.mm.compat import prepare_cpu_distributed
+cfg = Config(dict(launcher='pytorch', env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))))
+prepare_cpu_distributed(cfg)
+print(dist.get_backend(), cfg.env_cfg.dist_cfg.backend, cfg.env_cfg.cudnn_benchmark)
+dist.destroy_process_group()
+"""
+    proc = run_python(code, env=dict(os.environ, CUDA_VISIBLE_DEVICES=''))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ['gloo', 'gloo', 'False']
+
+
+@pytest.mark.slow
+def test_tools_print_no_pkg_resources_warning():
+    """mmengine imports and reloads pkg_resources when it reads a config (setuptools' deprecation warning, twice);
+    the tools' config loading (every entry point's) prints none."""
+    code = f"""
+import importlib.util, sys
+sys.path.insert(0, {TOOLS!r})
+import _runner_utils
+_runner_utils.load_config({osp.join(CONFIGS, 'quickstart', 'retinanet_efficientvit-m0_fpn_coins.py')!r})
+print('loaded')
+"""
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONWARNINGS'}
+    proc = run_python(code, env=env)
+    assert proc.returncode == 0 and 'loaded' in proc.stdout, proc.stderr[-2000:]
+    assert 'pkg_resources' not in proc.stderr, proc.stderr

@@ -1,6 +1,6 @@
 """Zero-shot COCO/LVIS evaluation (evit_mm.sam.zero_shot, tools/eval_sam_zero_shot.py): the clicker, the mIoU and
 AP bookkeeping against hand-computed values and against pycocotools/lvis themselves, bad inputs, resuming, the
-mmengine metric. The end-to-end runs with real SAM models are in test_sam_zero_shot_models.py."""
+mmengine metric. The end-to-end runs with real SAM models are in tests/test_sam/test_zero_shot_models.py."""
 import json
 import os
 import os.path as osp
@@ -9,11 +9,25 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, load_tool, run_python
-from evit_mm.sam.zero_shot import (MODES, Clicker, OracleSegmenter, ResultStore, ZeroShotDataset, evaluate_dataset,
-                                   load_detections, miou_summary, summarize)
+
+from evit_mm.mm.compat import apply_all
+from evit_mm.sam.zero_shot import (
+    MODES,
+    Clicker,
+    OracleSegmenter,
+    ResultStore,
+    ZeroShotDataset,
+    evaluate_dataset,
+    load_detections,
+    miou_summary,
+    summarize,
+)
 from evit_mm.sam.zero_shot.evaluate import encode_mask
+
+from .conftest import H, W, _encode, rect, write_image
+
+apply_all()
 
 TOOL = osp.join(ROOT, 'tools', 'eval_sam_zero_shot.py')
 
@@ -39,11 +53,6 @@ def run(dataset, model, out, modes=MODES, det_file=None, **kw):
 # ----------------------------------------------------------------------------------------------------------------
 # clicker (hand-made masks; every expected click derived by hand in the comments)
 # ----------------------------------------------------------------------------------------------------------------
-
-def rect(shape, y0, y1, x0, x1):
-    m = np.zeros(shape, bool)
-    m[y0:y1 + 1, x0:x1 + 1] = True
-    return m
 
 
 def test_first_click_is_the_deepest_interior_point():
@@ -98,6 +107,7 @@ def test_distance_transform_equals_opencvs_on_real_masks(sets):
     """The clicker's distances (scipy, exact EDT, border padded) are the reference's cv2.distanceTransform(DIST_L2,
     DIST_MASK_PRECISE) of the padded mask, on the coin masks of the sample set."""
     import cv2
+
     from evit_mm.sam.zero_shot import padded_distance
     ds = ZeroShotDataset(sets['coco_ann'], sets['coco_img'])
     masks = [ds.gt_mask(a) for i in ds.image_ids for a in ds.anns_by_image[i]]
@@ -235,6 +245,7 @@ def test_coco_ap_equals_pycocotools(sets, tmp_path):
 
 def test_lvis_ap_equals_lvis_package(sets, tmp_path):
     from lvis import LVIS, LVISEval, LVISResults
+
     from evit_mm.sam.zero_shot.evaluate import _numpy_float_alias
     ds = ZeroShotDataset(sets['lvis_ann'], sets['lvis_img'])
     records, res = run(ds, OracleSegmenter(ds, shift=(2, 1)), tmp_path / 'r.jsonl', modes=('detector',),
@@ -354,6 +365,7 @@ def test_tool_resumes_and_writes_results(sets, tmp_path, capsys):
 
 def test_metric_equals_the_tool_and_takes_mmdet_style_predictions(sets, tmp_path):
     from mmengine.registry import METRICS
+
     import evit_mm.sam.zero_shot.metric  # noqa: F401  (registers SamZeroShotMetric)
     from evit_mm.sam.zero_shot.metric import flatten_results
     ds = ZeroShotDataset(sets['coco_ann'], sets['coco_img'])
@@ -426,3 +438,187 @@ def test_every_kind_of_bad_annotation_and_image_is_counted(tmp_path):
     assert 'annotation id 2' in res['issues']['zero_area']['examples'][0]
     assert 'gone.png not found' in res['issues']['missing_image']['examples'][0]
     assert 'small.png is 80x32' in res['issues']['image_size_mismatch']['examples'][0]
+
+
+# ============================================================================================ 5. evaluation inputs
+@pytest.fixture(scope='module')
+def zero_shot_sets(tmp_path_factory):
+    from evit_mm.sample_data.zero_shot import make_zero_shot_sets
+    return make_zero_shot_sets(str(tmp_path_factory.mktemp('zero_shot')))
+
+
+@pytest.mark.parametrize('field', ['not_exhaustive_category_ids', 'neg_category_ids', 'frequency'])
+def test_lvis_json_without_a_required_field_is_refused_before_any_image(zero_shot_sets, tmp_path, field):
+    """The lvis package reads these fields only when it evaluates, after every image was processed: a bare
+    KeyError at the end of the run. They are checked when the file is read, and the message names them."""
+    from evit_mm.sam.zero_shot import ZeroShotDataset
+    data = json.load(open(zero_shot_sets['lvis_ann']))
+    section = 'categories' if field == 'frequency' else 'images'
+    for entry in data[section][-1:]:
+        del entry[field]
+    bad = tmp_path / 'lvis_incomplete.json'
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f'1 of the {len(data[section])} {section} lack "{field}"') as err:
+        ZeroShotDataset(str(bad), zero_shot_sets['lvis_img'], kind='lvis')
+    assert str(bad) in str(err.value)
+
+
+def test_gt_annotation_of_an_unknown_category_is_counted_and_skipped(zero_shot_sets, tmp_path):
+    from evit_mm.sam.zero_shot import ZeroShotDataset
+    data = json.load(open(zero_shot_sets['coco_ann']))
+    known = {c['id'] for c in data['categories']}
+    stray = dict(data['annotations'][0], id=987654, category_id=max(known) + 1000)
+    data['annotations'].append(stray)
+    path = tmp_path / 'unknown_category.json'
+    path.write_text(json.dumps(data))
+    ds = ZeroShotDataset(str(path), zero_shot_sets['coco_img'])
+    assert ds.issues.counts['annotation_unknown_category'] == 1
+    assert 'annotation id 987654' in ds.issues.examples['annotation_unknown_category'][0]
+    assert 987654 in ds.dropped_ann_ids and all(a['id'] != 987654 for a in ds.gt_dict()['annotations'])
+    assert all(a['id'] != 987654 for anns in ds.anns_by_image.values() for a in anns)
+
+
+def test_tool_fails_when_no_image_was_evaluated(tmp_path, capsys):
+    tool = load_tool('eval_sam_zero_shot')
+    ann = {'image_id': 1, 'category_id': 1, 'bbox': [10, 10, 21, 11], 'area': 231, 'iscrowd': 0, 'id': 1,
+           'segmentation': _encode(rect((H, W), 10, 20, 10, 30))}
+    json.dump({'images': [{'id': 1, 'file_name': 'gone.png', 'height': H, 'width': W}], 'annotations': [ann],
+               'categories': [{'id': 1, 'name': 'thing'}]}, open(tmp_path / 'gt.json', 'w'))
+    args = ['--ann-file', str(tmp_path / 'gt.json'), '--image-dir', str(tmp_path), '--model', 'oracle',
+            '--no-progress']
+    assert tool.main(args + ['--out-dir', str(tmp_path / 'a')]) == 1
+    captured = capsys.readouterr()
+    assert 'error: no image was evaluated (of 1 image(s): 1 missing image; check --image-dir)' in captured.err
+    assert '0/1 images evaluated' in captured.out  # the table and results.json are still written
+    assert json.load(open(tmp_path / 'a' / 'results.json'))['images_evaluated'] == 0
+
+    json.dump({'images': [], 'annotations': [], 'categories': [{'id': 1, 'name': 'thing'}]},
+              open(tmp_path / 'empty.json', 'w'))
+    args[1] = str(tmp_path / 'empty.json')
+    assert tool.main(args + ['--out-dir', str(tmp_path / 'b')]) == 1
+    assert 'empty.json lists no image' in capsys.readouterr().err
+
+    write_image(tmp_path, 'gone.png')  # the same run with its image present succeeds
+    args[1] = str(tmp_path / 'gt.json')
+    assert tool.main(args + ['--out-dir', str(tmp_path / 'c')]) == 0
+    with pytest.raises(SystemExit):  # --max-images 0 used to mean "all images"
+        tool.main(args + ['--out-dir', str(tmp_path / 'd'), '--max-images', '0'])
+    assert '--max-images must be >= 1, got 0' in capsys.readouterr().err
+
+
+class IgnoringModel:
+    """Answers every prompt with an empty mask (a model that ignores the clicks)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def set_image(self, image, image_id, cache_key=None):
+        self.shape = image.shape[:2]
+
+    def predict(self, boxes=None, point_coords=None, point_labels=None):
+        self.calls += 1
+        n = len(boxes) if boxes is not None else len(point_coords)
+        return np.zeros((n, 1) + self.shape, bool), np.ones((n, 1), np.float32)
+
+
+def test_clicker_stops_when_every_error_pixel_was_clicked(tmp_path):
+    """Documented behaviour: a 1-pixel mask whose click the model ignores gets no second click (the reference
+    would click pixel (0, 0) as negative); the evaluation keeps the last prediction for the remaining rounds."""
+    from evit_mm.sam.zero_shot import Clicker, ResultStore, ZeroShotDataset, evaluate_dataset
+    gt = np.zeros((H, W), bool)
+    gt[30, 40] = True
+    clicker = Clicker(gt)
+    first = clicker.next_click(None)
+    assert (first.x, first.y, first.positive) == (40, 30, True)
+    assert clicker.next_click(np.zeros_like(gt)) is None  # the only error pixel was clicked already
+    assert clicker.next_click(np.zeros_like(gt)) is None and len(clicker.clicks) == 1
+
+    write_image(tmp_path)
+    ann = {'id': 1, 'image_id': 1, 'category_id': 1, 'bbox': [40, 30, 1, 1], 'area': 1, 'iscrowd': 0,
+           'segmentation': _encode(gt)}
+    json.dump({'images': [{'id': 1, 'file_name': 'img.png', 'height': H, 'width': W}], 'annotations': [ann],
+               'categories': [{'id': 1, 'name': 'thing'}]}, open(tmp_path / 'gt.json', 'w'))
+    ds, model = ZeroShotDataset(str(tmp_path / 'gt.json'), str(tmp_path)), IgnoringModel()
+    store = ResultStore(str(tmp_path / 'r.jsonl'), {'t': 1}, restart=True)
+    record, = evaluate_dataset(model, ds, ['points'], store, clicks=(1, 3, 5), progress=False)
+    assert record['points'][0]['ious'] == [0.0] * 5 and record['points'][0]['clicks'] == [[40, 30, 1]]
+    assert model.calls == 1  # rounds 2..5 had nothing to click
+
+
+def test_clicker_breaks_exact_ties_in_row_major_order():
+    """Documented difference from cv2: a 14 x 17 rectangle (rows 1..14, cols 1..17 of a 16 x 19 image) is 7 px deep
+    at rows 7 and 8, columns 7..11 (10 exact ties): the clicker takes the first, (x=7, y=7). cv2's float32 transform
+    may rank another of them first; whichever it picks is one of the exact ties."""
+    import cv2
+
+    from evit_mm.sam.zero_shot import Clicker, padded_distance
+    gt = rect((16, 19), 1, 14, 1, 17)
+    depth = padded_distance(gt)
+    ties = set(zip(*np.nonzero(depth == 7.0)))
+    assert depth.max() == 7.0 and ties == {(y, x) for y in (7, 8) for x in range(7, 12)}
+    click = Clicker(gt).next_click(None)
+    assert (click.x, click.y) == (7, 7)
+    ref = cv2.distanceTransform(np.pad(gt, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    ys, xs = np.nonzero(ref == ref.max())
+    assert (ys[0], xs[0]) in ties
+
+
+def nested_set(tmp_path, inner, outer, order):
+    write_image(tmp_path)
+    masks = {'inner': inner, 'outer': outer}
+    anns = []
+    for k, name in enumerate(order, 1):
+        ys, xs = np.nonzero(masks[name])
+        anns.append({'id': k, 'image_id': 1, 'category_id': 1, 'iscrowd': 0, 'area': int(masks[name].sum()),
+                     'bbox': [int(xs.min()), int(ys.min()), int(xs.ptp()) + 1, int(ys.ptp()) + 1],
+                     'segmentation': _encode(masks[name])})
+    ann_file = tmp_path / f'nested_{"_".join(order)}.json'
+    json.dump({'images': [{'id': 1, 'file_name': 'img.png', 'height': H, 'width': W}], 'annotations': anns,
+               'categories': [{'id': 1, 'name': 'thing'}]}, open(ann_file, 'w'))
+    dets = tmp_path / 'dets.json'
+    json.dump([{'image_id': 1, 'category_id': 1, 'bbox': a['bbox'], 'score': 0.9 - 0.1 * i} for i, a in
+               enumerate(anns)], open(dets, 'w'))
+    return str(ann_file), str(dets)
+
+
+def run_oracle(tmp_path, ann_file, dets):
+    from evit_mm.sam.zero_shot import (
+        OracleSegmenter,
+        ResultStore,
+        ZeroShotDataset,
+        evaluate_dataset,
+        load_detections,
+        summarize,
+    )
+    ds = ZeroShotDataset(ann_file, str(tmp_path))
+    detections, _ = load_detections(dets, ds)
+    store = ResultStore(str(tmp_path / 'r.jsonl'), {'t': 1}, restart=True)
+    modes = ('box', 'points', 'detector')
+    records = evaluate_dataset(OracleSegmenter(ds), ds, modes, store, detections=detections, progress=False)
+    return records, summarize(records, ds, modes)
+
+
+@pytest.mark.parametrize('order', [('outer', 'inner'), ('inner', 'outer')])
+def test_oracle_is_perfect_on_nested_masks(tmp_path, order):
+    # outer: rows/cols 10..49, deepest pixel (29, 29); inner: rows/cols 25..44, deepest (34, 34). The outer mask's
+    # first click lies inside the inner mask too, and the inner's inside the outer: "the mask under the first
+    # positive click" answered one of them with the other (IoU 25); the oracle now tells them apart.
+    outer, inner = rect((H, W), 10, 49, 10, 49), rect((H, W), 25, 44, 25, 44)
+    records, res = run_oracle(tmp_path, *nested_set(tmp_path, inner, outer, order))
+    assert [e['clicks'][0] for e in records[0]['points']] == [[29, 29, 1] if n == 'outer' else [34, 34, 1]
+                                                               for n in order]
+    assert res['box']['mIoU'] == 100 and res['detector']['AP'] == pytest.approx(1.0)
+    assert all(res['points'][f'{k}_click']['mIoU'] == 100 for k in (1, 3, 5))
+
+
+def test_oracle_on_concentric_masks_needs_a_second_click(tmp_path):
+    """Documented limit: concentric squares share their deepest pixel, so their first clicks are the same prompt
+    and the oracle answers both with the first annotation (IoU 400/1600 = 25 for the other); the clicker's second
+    click (negative, in the ring) tells them apart."""
+    outer, inner = rect((H, W), 10, 49, 10, 49), rect((H, W), 20, 39, 20, 39)
+    records, res = run_oracle(tmp_path, *nested_set(tmp_path, inner, outer, ('outer', 'inner')))
+    points = records[0]['points']
+    assert points[0]['clicks'][0] == points[1]['clicks'][0] == [29, 29, 1]
+    assert points[0]['ious'] == [100.0] * 5 and points[1]['ious'] == [25.0] + [100.0] * 4
+    assert points[1]['clicks'][1][2] == 0 and not inner[points[1]['clicks'][1][1], points[1]['clicks'][1][0]]
+    assert res['box']['mIoU'] == 100 and res['points']['3_click']['mIoU'] == 100
