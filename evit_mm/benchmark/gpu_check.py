@@ -902,7 +902,8 @@ def carry_command(dest: str = '.whl', constraints: str | None = None) -> str:
 
 
 def main_module_names() -> list[str]:
-    """What the check imports of evit_mm (tests/test_benchmark/test_gpu_check.py imports them with the mm libraries blocked)."""
+    """What the check imports of evit_mm (tests/test_benchmark/test_gpu_check.py imports them with the mm libraries
+    blocked)."""
     benchmark = ('gpu_check', 'candidates', 'timer', 'report', 'specs', 'machine', 'macs')
     return ['evit_mm.models', 'evit_mm.models.sam', 'evit_mm.sam', 'evit_mm.models.deploy'] + [
         f'evit_mm.benchmark.{name}' for name in benchmark]

@@ -134,8 +134,7 @@ class _SegFormer(nn.Module):
         from mmengine.registry import init_default_scope
         from mmseg.registry import MODELS
 
-        from evit_mm.mm.compat import apply_all
-        apply_all()
+        import evit_mm.mm  # noqa: F401  (importing evit_mm.mm applies the compat fixes)
         init_default_scope('mmseg')
         cfg = get_config('mmseg::segformer/segformer_mit-b1_8xb1-160k_cityscapes-1024x1024.py').model
         cfg.backbone.init_cfg = None  # no download; speed does not depend on the weights

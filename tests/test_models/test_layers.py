@@ -1,7 +1,7 @@
 """The shared building blocks of evit_mm.models.layers: one ConvNormAct for every family, one DAG head for the seg
 head and the SAM neck, one Resize. Key layouts of whole models against the official dumps are checked in
-tests/test_models/test_efficientvit_mit.py / tests/test_models/test_sam.py / tests/test_models/test_efficientvit_msra.py; here: each family's layer names, the fuse()
-contract of the shared class, and the DAG head's behaviour. Tiny random models only."""
+test_efficientvit_mit.py / test_sam.py / test_efficientvit_msra.py (in this folder); here: each family's layer
+names, the fuse() contract of the shared class, and the DAG head's behaviour. Tiny random models only."""
 from __future__ import annotations
 
 import pytest

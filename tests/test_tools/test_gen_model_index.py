@@ -434,8 +434,8 @@ def test_mim_search_and_download_of_an_installed_wheel(wheel_site, hosts, certif
     assert has_tensor(segmentor, seg_published['state_dict']['backbone.input_stem.op_list.0.conv.weight'])
 
     # the zero-shot tool's builder (tools/eval_sam_zero_shot.py --model efficientvit_sam_l0 --checkpoint FILE)
-    from evit_mm.sam.zero_shot import build_sam_model
-    sam = build_sam_model('efficientvit_sam_l0', str(dest / 'efficientvit_sam_l0.pt'))
+    from evit_mm.sam.zero_shot import build_zero_shot_sam
+    sam = build_zero_shot_sam('efficientvit_sam_l0', str(dest / 'efficientvit_sam_l0.pt'))
     served = torch.load(io.BytesIO(hosts.files[sam_url]), weights_only=True)['state_dict']
     assert has_tensor(sam, served['image_encoder.backbone.stages.0.op_list.0.conv.weight'])
 

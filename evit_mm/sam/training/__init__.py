@@ -12,9 +12,7 @@ Importing this package registers, in mmengine's root registries (configs use ``d
 
 It imports mmengine only (no mmdet/mmseg/mmagic).
 """
-from ...mm.compat import apply_all
-
-apply_all()  # mmengine checkpoints on torch >= 2.6 (resume, load_from)
+from ... import mm  # noqa: F401  (importing evit_mm.mm applies the compat fixes: resume, load_from on torch 2.6+)
 
 from .cache import EmbeddingCache  # noqa: E402
 from .datasets import (BadSample, SA1BDataset, SamCocoDataset, SamDefaultSampler, SamInfiniteSampler,  # noqa: E402

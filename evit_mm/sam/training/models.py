@@ -80,8 +80,7 @@ def load_sam_weights(sam: EfficientViTSam, path: str) -> None:
     ``sam``, strictly."""
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    from ...mm.compat import apply_all
-    apply_all()
+    from ... import mm  # noqa: F401  (importing evit_mm.mm applies the compat fixes)
     if not osp.isfile(path) and '://' not in path:
         raise FileNotFoundError(f'init_checkpoint not found: {path}')
     state_dict = unwrap_state_dict(CheckpointLoader.load_checkpoint(path, map_location='cpu'))
