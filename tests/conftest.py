@@ -152,6 +152,17 @@ def load_tool(name: str):
     return module
 
 
+def train_two_iterations(config: str, work: str) -> tuple[str, dict]:
+    """``tools/train.py CONFIG --work-dir WORK`` for a config of 2 iterations: the path of the checkpoint it wrote
+    (checked to be iteration 2's) and that checkpoint's state dict."""
+    load_tool('train').main([config, '--work-dir', work])
+    checkpoint = os.path.join(work, 'iter_2.pth')
+    assert os.path.isfile(checkpoint), os.listdir(work)
+    saved = torch.load(checkpoint, map_location='cpu', weights_only=False)
+    assert saved['meta']['iter'] == 2, saved['meta']
+    return checkpoint, saved['state_dict']
+
+
 def run_python(code: str, timeout: float = 300, cwd: str = ROOT, env=None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (so imports are observed from a clean sys.modules)."""
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=timeout, cwd=cwd,

@@ -1,6 +1,5 @@
-"""Hardening of the docs and the packaging, as a new user meets them: the README's backbone-swap snippet and the
-stride check that catches a neck whose strides miss the anchors', the custom-data recipe, the SR configs on the
-sample data (and their work dir), and what ``setup.py`` installs (dependencies, configs and tools in ``.mim``)."""
+"""What ``setup.py`` installs: every third-party import of evit_mm declared, each adapter's extra covering its
+imports, and the configs and tools in ``.mim`` where mim finds them (sdist, wheel and editable installs)."""
 import ast
 import os
 import os.path as osp

@@ -1,9 +1,8 @@
-"""Checkpoint loading on real and bad inputs: strict tools, scoped trust, damaged files, --show-dir.
+"""evit_mm.mm.loading and the compat checkpoint loader: strict tools, scoped trust, weights-only downloads.
 
 tools/test.py and load_from load strictly (an unrelated checkpoint is an error listing the keys, ``--no-strict``
 relaxes it) and convert a raw Cream detector checkpoint in memory; EVIT_MM_TRUST_CHECKPOINTS trusts the files it
-lists and nothing else, downloads included; empty, truncated, NaN and other-family checkpoints get a message naming
-the file and the cause; ``--show-dir`` works for mmagic configs and for mmseg configs whose training data is absent."""
+lists and nothing else, downloads included; NaN weights are refused by the tools and by init_cfg, naming the file."""
 import glob
 import os
 import os.path as osp

@@ -1,10 +1,6 @@
-"""Official weights by name (issue 20): the registry, the checked and atomic download into the caches users know,
-``evit://`` in configs and a stock Runner, and ``tools/test.py CONFIG evit://NAME``.
-
-No real download can be made here: a server on 127.0.0.1 serves random-weight files in the exact published
-layouts (built from the key lists in ``shared/reference/keys``) under both URL shapes, the Hugging Face one
-(``/<repo>/resolve/main/<file>``, reached through ``HF_ENDPOINT``) and the GitHub release one (reached through
-``EVIT_MM_URL_BASE``)."""
+"""evit_mm.mm.weights: ``evit://NAME`` in a stock registry build's init_cfg, in ``tools/test.py CONFIG
+evit://NAME``, and Cream's detector checkpoints converted for a stock Runner; no shipped config points at a local
+checkpoints folder. The files come from the local server of conftest (``server``), in the published layouts."""
 import os.path as osp
 import re
 

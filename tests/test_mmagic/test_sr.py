@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, load_tool, run_python
+from conftest import ROOT, load_tool, run_python, train_two_iterations
 
 CONFIG_DIR = osp.join(ROOT, 'configs', 'efficientvit_sr')
 TOOLS = osp.join(ROOT, 'tools')
@@ -186,10 +186,6 @@ def tiny_config(tmp_path, name, data_root):
     return str(path)
 
 
-def _tools():
-    return load_tool('train'), load_tool('test')
-
-
 def test_every_config_builds_with_its_setting():
     from mmagic.registry import MODELS
     from mmengine.config import Config
@@ -240,21 +236,17 @@ def test_every_config_builds_with_its_setting():
 @pytest.mark.parametrize('name', sorted({**LIGHT, **HIGHRES}))
 def test_config_trains_and_validates(tmp_path, sr_data, name):
     """tools/train.py: 2 iterations, then validation (PSNR/SSIM per set); tools/test.py on the checkpoint."""
-    train_tool, test_tool = _tools()
     config = tiny_config(tmp_path, name, sr_data)
     work = str(tmp_path / 'work')
-    train_tool.main([config, '--work-dir', work])
-    checkpoint = osp.join(work, 'iter_2.pth')
-    assert osp.isfile(checkpoint)
-    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
-    assert ckpt['meta']['iter'] == 2 and 'generator.body.0.context_module.main.qkv.conv.weight' in ckpt['state_dict']
+    checkpoint, state_dict = train_two_iterations(config, work)
+    assert 'generator.body.0.context_module.main.qkv.conv.weight' in state_dict
     prefixes = ['BSD100', 'Set5', 'Set14'] if name in LIGHT else ['FFHQ']
     keys = {f'{p}/{m}' for p in prefixes for m in ('PSNR', 'SSIM')}
     validation = _logged_metrics(glob.glob(osp.join(work, '*', 'vis_data', 'scalars.json')))
     assert keys <= set(validation)  # the validation at iteration 2, every set
     assert osp.isfile(osp.join(work, f'best_{prefixes[0]}_PSNR_iter_2.pth'))
     # mmagic's MultiTestLoop.run returns nothing, so the test metrics are read from the test run's json log
-    test_tool.main([config, checkpoint, '--work-dir', work])
+    load_tool('test').main([config, checkpoint, '--work-dir', work])
     metrics = _logged_metrics([p for p in glob.glob(osp.join(work, '*', '*.json'))])
     assert keys <= set(metrics)
     for p in prefixes:  # a 2-iteration network that starts from bicubic: far from noise (~10 dB), far from exact

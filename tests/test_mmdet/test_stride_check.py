@@ -1,6 +1,7 @@
-"""Hardening of the docs and the packaging, as a new user meets them: the README's backbone-swap snippet and the
-stride check that catches a neck whose strides miss the anchors', the custom-data recipe, the SR configs on the
-sample data (and their work dir), and what ``setup.py`` installs (dependencies, configs and tools in ``.mim``)."""
+"""evit_mm.mmdet.stride_check, as a new user meets it: the README's backbone-swap snippet and the docs' snippets
+build detectors whose neck strides match the anchors', a stock FPN that misses them warns with both stride lists
+(also through the Runner's hook and inside BoxPromptedSAM), and the README's custom-data recipe loads a non-COCO
+dataset."""
 import os.path as osp
 import re
 import warnings

@@ -1,10 +1,4 @@
-"""Hardening, third round (issue 21): a kill during a checkpoint save, a NaN resume or loss, bf16 on a CPU without
-native bf16, a damaged teacher-embedding cache, incomplete LVIS files, training a deployed model, empty crops in
-the automatic mask generator, and the newcomer findings (quick start, drawings, logged backend, warnings, typos).
-
-The kill tests are real SIGKILLs of a training process, sent by the process itself from inside mmengine's file
-write (``LocalBackend.put``) after it wrote half of the checkpoint's bytes: that is where a kill hurts, and it makes
-the moment deterministic. What is simulated is only the timing of the kill, not its effect."""
+"""evit_mm.mmdet.visualization: drawings that say when no detection is above the score threshold."""
 import os.path as osp
 import uuid
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, load_tool
+from conftest import ROOT, load_tool, train_two_iterations
 
 CONFIG_DIR = osp.join(ROOT, 'configs', 'efficientvit_seg')
 TOOLS = osp.join(ROOT, 'tools')
@@ -85,10 +85,6 @@ def tiny_config(tmp_path, base, data, iters=2):
     path = tmp_path / ('tiny_' + osp.basename(base))
     path.write_text(text)
     return str(path)
-
-
-def _tools():
-    return load_tool('train'), load_tool('test')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -166,15 +162,11 @@ def test_training_recipe_is_in_the_configs():
 # ----------------------------------------------------------------------------------------------------------------
 
 def _train_and_test(tmp_path, base, data):
-    train_tool, test_tool = _tools()
     config = tiny_config(tmp_path, base, data)
     work = str(tmp_path / 'work')
-    train_tool.main([config, '--work-dir', work])
-    checkpoint = osp.join(work, 'iter_2.pth')
-    assert osp.isfile(checkpoint)
-    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
-    assert ckpt['meta']['iter'] == 2 and any(k.startswith('decode_head.input_ops.') for k in ckpt['state_dict'])
-    metrics = test_tool.main([config, checkpoint, '--work-dir', work])
+    checkpoint, state_dict = train_two_iterations(config, work)
+    assert any(k.startswith('decode_head.input_ops.') for k in state_dict)
+    metrics = load_tool('test').main([config, checkpoint, '--work-dir', work])
     assert set(metrics) == {'aAcc', 'mIoU', 'mAcc'}
     assert 0.0 <= metrics['mIoU'] <= 100.0
     return metrics

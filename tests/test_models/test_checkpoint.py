@@ -1,9 +1,5 @@
-"""Checkpoint loading on real and bad inputs: strict tools, scoped trust, damaged files, --show-dir.
-
-tools/test.py and load_from load strictly (an unrelated checkpoint is an error listing the keys, ``--no-strict``
-relaxes it) and convert a raw Cream detector checkpoint in memory; EVIT_MM_TRUST_CHECKPOINTS trusts the files it
-lists and nothing else, downloads included; empty, truncated, NaN and other-family checkpoints get a message naming
-the file and the cause; ``--show-dir`` works for mmagic configs and for mmseg configs whose training data is absent."""
+"""evit_mm.models.checkpoint: damaged, empty, truncated, non-finite and other-family checkpoints get a message
+naming the file and the cause; the converters name an empty input."""
 import re
 
 import pytest

@@ -1,10 +1,9 @@
-"""Official weights by name (issue 20): the registry, the checked and atomic download into the caches users know,
-``evit://`` in configs and a stock Runner, and ``tools/test.py CONFIG evit://NAME``.
+"""evit_mm.models.hub: the checked and atomic download of official weights into the caches users know.
 
-No real download can be made here: a server on 127.0.0.1 serves random-weight files in the exact published
-layouts (built from the key lists in ``shared/reference/keys``) under both URL shapes, the Hugging Face one
-(``/<repo>/resolve/main/<file>``, reached through ``HF_ENDPOINT``) and the GitHub release one (reached through
-``EVIT_MM_URL_BASE``)."""
+No real download can be made here: a server on 127.0.0.1 (conftest's ``server``) serves random-weight files in the
+exact published layouts (built from the key lists in ``shared/reference/keys``) under both URL shapes, the Hugging
+Face one (``/<repo>/resolve/main/<file>``, reached through ``HF_ENDPOINT``) and the GitHub release one (reached
+through ``EVIT_MM_URL_BASE``)."""
 import hashlib
 import re
 

@@ -1,10 +1,5 @@
-"""Official weights by name (issue 20): the registry, the checked and atomic download into the caches users know,
-``evit://`` in configs and a stock Runner, and ``tools/test.py CONFIG evit://NAME``.
-
-No real download can be made here: a server on 127.0.0.1 serves random-weight files in the exact published
-layouts (built from the key lists in ``shared/reference/keys``) under both URL shapes, the Hugging Face one
-(``/<repo>/resolve/main/<file>``, reached through ``HF_ENDPOINT``) and the GitHub release one (reached through
-``EVIT_MM_URL_BASE``)."""
+"""evit_mm.models.registry: every name builds, ``list_models(pretrained=True)`` matches shared/reference/weights.md,
+and an unknown name suggests the closest."""
 import os.path as osp
 import re
 

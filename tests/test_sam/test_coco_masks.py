@@ -1,11 +1,7 @@
-"""Hardening of SAM's annotation decoding and of the zero-shot tool, on real and deliberately bad inputs.
-
-* Bad segmentations (a polygon coordinate of 1e9, RLE runs summing past height x width) in SA-1B / COCO training
-  data and in zero-shot ground truth are counted and skipped, naming the annotation id, **before pycocotools
-  sees them**: the ``guarded_pycocotools`` fixture makes pycocotools fail the test (instead of crashing the
-  process) if it is ever handed such data.
-* The zero-shot tool fails a run that evaluated no image; the clicker's stopping and tie rules; the oracle on
-  nested masks."""
+"""evit_mm.sam.coco_masks on deliberately bad inputs: bad segmentations (a polygon coordinate of 1e9, RLE runs
+summing past height x width) in SA-1B / COCO training data and in zero-shot ground truth are counted and skipped,
+naming the annotation id, **before pycocotools sees them**: the ``guarded_pycocotools`` fixture makes pycocotools
+fail the test (instead of crashing the process) if it is ever handed such data."""
 import json
 
 import numpy as np
