@@ -173,57 +173,18 @@ class SamPrompts:
         non-numeric input, labels without points and the other way round, shapes that do not fit and non-integer
         labels; the other checks are :meth:`checked`'s.
         """
-        coords = _as_numpy(point_coords, 'point_coords')
-        labels = _as_numpy(point_labels, 'point_labels')
-        boxes = _as_numpy(box, 'box')
-        masks = _as_numpy(mask_input, 'mask_input', np.float32)
-        batched = False
-        frame = None
-
-        if coords is not None and coords.size == 0:
-            if labels is not None and labels.size:
-                raise ValueError(f'point_coords is empty but point_labels has {labels.size} entries')
-            coords = labels = None
-        elif labels is not None and labels.size == 0 and coords is None:
-            labels = None
-        if coords is not None:
-            if labels is None:
-                raise ValueError('point_labels must be supplied if point_coords is supplied.')
-            if coords.ndim == 2:
-                coords = coords[None]
-            elif coords.ndim == 3:
-                batched = True
-            if coords.ndim != 3 or coords.shape[-1] != 2:
-                raise ValueError(f'point_coords must be (N, 2) or (B, N, 2), got {np.shape(point_coords)}')
-            if labels.ndim == 1:
-                labels = labels[None]
-            if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
-                raise ValueError('point_labels must be integers')
-            if labels.shape != coords.shape[:2]:
-                raise ValueError(f'point_labels {np.shape(point_labels)} does not match point_coords '
-                                 f'{np.shape(point_coords)}: one label per point')
+        raw = (_as_numpy(point_coords, 'point_coords'), _as_numpy(point_labels, 'point_labels'),
+               _as_numpy(box, 'box'), _as_numpy(mask_input, 'mask_input', np.float32))
+        coords, labels = _points_from_arrays(*raw[:2], point_coords, point_labels)
+        boxes = _boxes_from_arrays(raw[2], box)
+        masks = _mask_input_from_arrays(raw[3])
+        # B prompt sets: (B, N, 2) points, more than one box or (B, 1, 256, 256) masks
+        batched = ((coords is not None and raw[0].ndim == 3) or (boxes is not None and boxes.shape[0] > 1)
+                   or (masks is not None and raw[3].ndim == 4))
+        if coords is not None or boxes is not None:
             frame = PromptFrame.of_image(original_size, prompt_size)
-            coords = frame.points(coords)
-        elif labels is not None:
-            raise ValueError('point_labels given without point_coords')
-
-        if boxes is not None and boxes.size == 0:
-            boxes = None
-        if boxes is not None:
-            if boxes.ndim == 1:
-                boxes = boxes[None]
-            if boxes.ndim != 2 or boxes.shape[-1] != 4:
-                raise ValueError(f'box must be (4,) or (B, 4) XYXY, got {np.shape(box)}')
-            batched = batched or boxes.shape[0] > 1
-            boxes = (frame or PromptFrame.of_image(original_size, prompt_size)).boxes(boxes)
-
-        if masks is not None:
-            if masks.ndim == 2:
-                masks = masks[None]
-            if masks.ndim == 3:
-                masks = masks[None]
-            elif masks.ndim == 4:
-                batched = True
+            coords = None if coords is None else frame.points(coords)
+            boxes = None if boxes is None else frame.boxes(boxes)
 
         def tensor(a, dtype=torch.float32):
             return None if a is None else torch.as_tensor(a, dtype=dtype, device=device)
@@ -302,65 +263,10 @@ class SamPrompts:
         none), and a prompt set of only padding points (label -1) without a box or mask input. Points outside the
         image are passed on (SAM accepts them).
         """
-        in_h, in_w = input_size
-        point_coords, point_labels, boxes, mask_input = self._fields()
-        bs = set()
-
-        if point_coords is not None and point_coords.numel() == 0 and point_coords.dim() == 3:
-            point_coords = None
-            point_labels = None if point_labels is None or point_labels.numel() == 0 else point_labels
-        if point_coords is not None:
-            if point_labels is None:
-                raise ValueError('point_labels must be supplied if point_coords is supplied.')
-            if point_coords.dim() != 3 or point_coords.shape[-1] != 2:
-                raise ValueError(f'point_coords must be (B, N, 2), got {tuple(point_coords.shape)}')
-            if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
-                raise ValueError(f'point_labels {tuple(point_labels.shape)} does not match point_coords '
-                                 f'{tuple(point_coords.shape)}: expected (B, N)')
-            point_coords = point_coords.to(device=device, dtype=torch.float32)
-            if not torch.isfinite(point_coords).all():
-                raise ValueError('point_coords contains NaN or infinite values')
-            labels_f = point_labels.to(torch.float64)
-            if not (torch.isfinite(labels_f).all() and (labels_f == labels_f.round()).all()):
-                raise ValueError('point_labels must be integers')
-            point_labels = point_labels.to(device=device, dtype=torch.int)
-            valid = torch.tensor(VALID_POINT_LABELS, device=point_labels.device, dtype=torch.int)
-            bad = ~torch.isin(point_labels, valid)
-            if bad.any():
-                raise ValueError(f'point_labels must be in {VALID_POINT_LABELS} (1 foreground, 0 background), got '
-                                 f'{sorted(set(point_labels[bad].tolist()))}')
-            bs.add(point_coords.shape[0])
-        elif point_labels is not None:
-            raise ValueError('point_labels given without point_coords')
-
-        if boxes is not None and boxes.numel() == 0:
-            boxes = None
-        if boxes is not None:
-            if boxes.dim() == 3 and boxes.shape[1] == 1:
-                boxes = boxes[:, 0]
-            if boxes.dim() != 2 or boxes.shape[-1] != 4:
-                raise ValueError(f'boxes must be (B, 4) XYXY, got {tuple(boxes.shape)}')
-            boxes = boxes.to(device=device, dtype=torch.float32)
-            if not torch.isfinite(boxes).all():
-                raise ValueError('boxes contain NaN or infinite values')
-            x0, y0, x1, y1 = boxes.unbind(-1)
-            if ((x1 < x0) | (y1 < y0)).any():
-                raise ValueError(f'boxes must be XYXY with x0 <= x1 and y0 <= y1, got {boxes[(x1 < x0) | (y1 < y0)]}')
-            outside = (x1 < 0) | (y1 < 0) | (x0 > in_w) | (y0 > in_h)
-            if outside.any():
-                raise ValueError(f'{int(outside.sum())} box(es) lie entirely outside the image')
-            boxes = torch.stack([x0.clamp(0, in_w), y0.clamp(0, in_h), x1.clamp(0, in_w), y1.clamp(0, in_h)], -1)
-            bs.add(boxes.shape[0])
-
-        if mask_input is not None:
-            mh, mw = mask_input_size
-            if mask_input.dim() != 4 or tuple(mask_input.shape[1:]) != (1, mh, mw):
-                raise ValueError(f'mask_input must be (B, 1, {mh}, {mw}) low-res logits, got {tuple(mask_input.shape)}')
-            mask_input = mask_input.to(device=device, dtype=torch.float32)
-            if not torch.isfinite(mask_input).all():
-                raise ValueError('mask_input contains NaN or infinite values')
-            bs.add(mask_input.shape[0])
-
+        point_coords, point_labels = _checked_points(self.point_coords, self.point_labels, device)
+        boxes = _checked_boxes(self.boxes, input_size, device)
+        mask_input = _checked_mask_input(self.mask_input, mask_input_size, device)
+        bs = {t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None}
         if not bs:
             raise ValueError('no prompt given: pass point_coords + point_labels, a box and/or mask_input')
         if len(bs) > 1:
@@ -403,3 +309,125 @@ class SamPrompts:
                            else self.mask_input.detach().cpu().numpy().astype(np.float32).reshape(1, 1, mh, mw)),
             'has_mask_input': np.array([0.0 if self.mask_input is None else 1.0], np.float32),
         }
+
+
+def _checked_points(point_coords: Optional[torch.Tensor], point_labels: Optional[torch.Tensor],
+                    device) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """:meth:`SamPrompts.checked` for the points: ``(B, N, 2)`` float32 and ``(B, N)`` int32 labels on ``device``
+    (``None`` for ``N = 0``)."""
+    if point_coords is not None and point_coords.numel() == 0 and point_coords.dim() == 3:
+        point_coords = None
+        point_labels = None if point_labels is None or point_labels.numel() == 0 else point_labels
+    if point_coords is None:
+        if point_labels is not None:
+            raise ValueError('point_labels given without point_coords')
+        return None, None
+    if point_labels is None:
+        raise ValueError('point_labels must be supplied if point_coords is supplied.')
+    if point_coords.dim() != 3 or point_coords.shape[-1] != 2:
+        raise ValueError(f'point_coords must be (B, N, 2), got {tuple(point_coords.shape)}')
+    if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
+        raise ValueError(f'point_labels {tuple(point_labels.shape)} does not match point_coords '
+                         f'{tuple(point_coords.shape)}: expected (B, N)')
+    point_coords = point_coords.to(device=device, dtype=torch.float32)
+    if not torch.isfinite(point_coords).all():
+        raise ValueError('point_coords contains NaN or infinite values')
+    labels_f = point_labels.to(torch.float64)
+    if not (torch.isfinite(labels_f).all() and (labels_f == labels_f.round()).all()):
+        raise ValueError('point_labels must be integers')
+    point_labels = point_labels.to(device=device, dtype=torch.int)
+    valid = torch.tensor(VALID_POINT_LABELS, device=point_labels.device, dtype=torch.int)
+    bad = ~torch.isin(point_labels, valid)
+    if bad.any():
+        raise ValueError(f'point_labels must be in {VALID_POINT_LABELS} (1 foreground, 0 background), got '
+                         f'{sorted(set(point_labels[bad].tolist()))}')
+    return point_coords, point_labels
+
+
+def _checked_boxes(boxes: Optional[torch.Tensor], input_size: Sequence[int], device) -> Optional[torch.Tensor]:
+    """:meth:`SamPrompts.checked` for the boxes: ``(B, 4)`` float32 on ``device``, clipped to the image (``None``
+    when empty)."""
+    if boxes is None or boxes.numel() == 0:
+        return None
+    in_h, in_w = input_size
+    if boxes.dim() == 3 and boxes.shape[1] == 1:
+        boxes = boxes[:, 0]
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f'boxes must be (B, 4) XYXY, got {tuple(boxes.shape)}')
+    boxes = boxes.to(device=device, dtype=torch.float32)
+    if not torch.isfinite(boxes).all():
+        raise ValueError('boxes contain NaN or infinite values')
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    if ((x1 < x0) | (y1 < y0)).any():
+        raise ValueError(f'boxes must be XYXY with x0 <= x1 and y0 <= y1, got {boxes[(x1 < x0) | (y1 < y0)]}')
+    outside = (x1 < 0) | (y1 < 0) | (x0 > in_w) | (y0 > in_h)
+    if outside.any():
+        raise ValueError(f'{int(outside.sum())} box(es) lie entirely outside the image')
+    return torch.stack([x0.clamp(0, in_w), y0.clamp(0, in_h), x1.clamp(0, in_w), y1.clamp(0, in_h)], -1)
+
+
+def _checked_mask_input(mask_input: Optional[torch.Tensor], mask_input_size: Sequence[int],
+                        device) -> Optional[torch.Tensor]:
+    """:meth:`SamPrompts.checked` for the mask input: ``(B, 1, h, w)`` float32 on ``device``."""
+    if mask_input is None:
+        return None
+    mh, mw = mask_input_size
+    if mask_input.dim() != 4 or tuple(mask_input.shape[1:]) != (1, mh, mw):
+        raise ValueError(f'mask_input must be (B, 1, {mh}, {mw}) low-res logits, got {tuple(mask_input.shape)}')
+    mask_input = mask_input.to(device=device, dtype=torch.float32)
+    if not torch.isfinite(mask_input).all():
+        raise ValueError('mask_input contains NaN or infinite values')
+    return mask_input
+
+
+def _points_from_arrays(coords: Optional[np.ndarray], labels: Optional[np.ndarray], point_coords,
+                        point_labels) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """:meth:`SamPrompts.from_arrays` for the points (``coords``, ``labels``: ``point_coords``, ``point_labels``
+    as numpy arrays): ``(B, N, 2)`` coordinates and ``(B, N)`` labels in the original image's pixels (``None``
+    when not given or empty)."""
+    if coords is not None and coords.size == 0:
+        if labels is not None and labels.size:
+            raise ValueError(f'point_coords is empty but point_labels has {labels.size} entries')
+        return None, None
+    if labels is not None and labels.size == 0 and coords is None:
+        labels = None
+    if coords is None:
+        if labels is not None:
+            raise ValueError('point_labels given without point_coords')
+        return None, None
+    if labels is None:
+        raise ValueError('point_labels must be supplied if point_coords is supplied.')
+    if coords.ndim == 2:
+        coords = coords[None]
+    if coords.ndim != 3 or coords.shape[-1] != 2:
+        raise ValueError(f'point_coords must be (N, 2) or (B, N, 2), got {np.shape(point_coords)}')
+    if labels.ndim == 1:
+        labels = labels[None]
+    if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+        raise ValueError('point_labels must be integers')
+    if labels.shape != coords.shape[:2]:
+        raise ValueError(f'point_labels {np.shape(point_labels)} does not match point_coords '
+                         f'{np.shape(point_coords)}: one label per point')
+    return coords, labels
+
+
+def _boxes_from_arrays(boxes: Optional[np.ndarray], box) -> Optional[np.ndarray]:
+    """:meth:`SamPrompts.from_arrays` for the boxes (``boxes``: ``box`` as a numpy array): ``(B, 4)`` XYXY in the
+    original image's pixels (``None`` when not given or empty)."""
+    if boxes is None or boxes.size == 0:
+        return None
+    if boxes.ndim == 1:
+        boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f'box must be (4,) or (B, 4) XYXY, got {np.shape(box)}')
+    return boxes
+
+
+def _mask_input_from_arrays(masks: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """:meth:`SamPrompts.from_arrays` for the mask input: ``(h, w)``, ``(1, h, w)`` or ``(B, 1, h, w)`` as
+    ``(B, 1, h, w)`` (its shape is :meth:`SamPrompts.checked`'s business)."""
+    if masks is not None and masks.ndim == 2:
+        masks = masks[None]
+    if masks is not None and masks.ndim == 3:
+        masks = masks[None]
+    return masks
