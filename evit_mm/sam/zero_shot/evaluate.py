@@ -29,7 +29,7 @@ import os
 import os.path as osp
 import tempfile
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -69,6 +69,86 @@ def _outside(box: Sequence[float], h: int, w: int) -> bool:
     return x1 < 0 or y1 < 0 or x0 > w or y0 > h
 
 
+def _promptable_gts(dataset: ZeroShotDataset, image_id: int, h: int, w: int,
+                    issues: List[Dict[str, str]]) -> List[Tuple[Dict[str, Any], np.ndarray]]:
+    """``(ann, mask)`` of the image's annotations that can be prompted; the others are skipped with an issue (a box
+    outside the image, an empty mask)."""
+    gts = []
+    for ann in dataset.anns_by_image[image_id]:
+        if _outside(xywh_to_xyxy(ann['bbox']), h, w):
+            issues.append({'kind': 'box_outside_image', 'message':
+                           f'annotation {ann["id"]} (image {image_id}): bbox {ann["bbox"]} lies '
+                           f'outside the {w}x{h} image: skipped'})
+            continue
+        mask = dataset.gt_mask(ann)
+        if not mask.any():
+            issues.append({'kind': 'empty_mask', 'message':
+                           f'annotation {ann["id"]} (image {image_id}): segmentation decodes to an '
+                           'empty mask: skipped'})
+            continue
+        gts.append((ann, mask))
+    return gts
+
+
+def _box_prompts(model, gts) -> Tuple[List[Dict[str, Any]], List[np.ndarray]]:
+    """The ``box`` mode: each annotation's box prompts the model once; its records and predicted masks."""
+    records, kept = [], []
+    if gts:
+        boxes = np.array([xywh_to_xyxy(a['bbox']) for a, _ in gts])
+        best = _best(*model.predict(boxes=boxes))
+        for (ann, gt), pred in zip(gts, best):
+            records.append({'ann_id': ann['id'], 'area': float(ann['area']), 'iou': mask_iou(pred, gt)})
+            kept.append(pred)
+    return records, kept
+
+
+def _point_prompts(model, gts, rounds: int) -> Tuple[List[Dict[str, Any]], List[np.ndarray]]:
+    """The ``points`` mode: ``rounds`` rounds of clicks (:class:`Clicker`), every annotation's prompt set batched
+    in one call per round; its records (the IoU after each round, the clicks) and final masks."""
+    clickers = [Clicker(gt) for _, gt in gts]
+    preds: List[Optional[np.ndarray]] = [None] * len(gts)
+    ious: List[List[float]] = [[] for _ in gts]
+    for _ in range(rounds):
+        active = [i for i, clicker in enumerate(clickers) if clicker.next_click(preds[i]) is not None]
+        # every active prompt set has the same number of clicks (so nothing is padded): a clicker that found
+        # nothing to click (a perfect prediction, or every error pixel clicked already) keeps its prediction,
+        # hence stays inactive
+        if active:
+            prompts = [clickers[i].prompt() for i in active]
+            coords, labels = pad_point_sets([p[0] for p in prompts], [p[1] for p in prompts])
+            best = _best(*model.predict(point_coords=coords, point_labels=labels))
+            for i, pred in zip(active, best):
+                preds[i] = pred
+        for i, (_, gt) in enumerate(gts):
+            ious[i].append(mask_iou(preds[i], gt))
+    records = [{'ann_id': ann['id'], 'area': float(ann['area']), 'ious': iou_list,
+                'clicks': [[c.x, c.y, c.label] for c in clicker.clicks]}
+               for (ann, _), clicker, iou_list in zip(gts, clickers, ious)]
+    return records, list(preds)
+
+
+def _detector_prompts(model, detections, image_id: int, h: int, w: int,
+                      issues: List[Dict[str, str]]) -> Tuple[List[Dict[str, Any]], List[np.ndarray]]:
+    """The ``detector`` mode: each detection's box prompts the model (boxes outside the image are skipped with an
+    issue); the COCO results (RLE masks) and the masks."""
+    records, kept = [], []
+    dets = []
+    for det in detections:
+        if _outside(xywh_to_xyxy(det['bbox']), h, w):
+            issues.append({'kind': 'box_outside_image', 'message':
+                           f'detection {det["det_index"]} (image {image_id}): bbox {det["bbox"]} '
+                           f'lies outside the {w}x{h} image: skipped'})
+        else:
+            dets.append(det)
+    if dets:
+        best = _best(*model.predict(boxes=np.array([xywh_to_xyxy(d['bbox']) for d in dets])))
+        for det, pred in zip(dets, best):
+            records.append({'image_id': image_id, 'category_id': det['category_id'], 'score': float(det['score']),
+                            'det_index': det['det_index'], 'segmentation': encode_mask(pred)})
+            kept.append(pred)
+    return records, kept
+
+
 def evaluate_image(model, dataset: ZeroShotDataset, image_id: int, image: np.ndarray, modes: Sequence[str],
                    clicks: Sequence[int] = (1, 3, 5), detections: Optional[List[Dict[str, Any]]] = None,
                    cache_key=None, keep_masks: bool = False) -> Dict[str, Any]:
@@ -85,76 +165,14 @@ def evaluate_image(model, dataset: ZeroShotDataset, image_id: int, image: np.nda
     record: Dict[str, Any] = {'image_id': image_id, 'status': 'ok', 'issues': []}
     kept: Dict[str, list] = {}
     model.set_image(image, image_id, cache_key)
-
-    gts = []  # (ann, mask) of the annotations that can be prompted
-    if 'box' in modes or 'points' in modes:
-        for ann in dataset.anns_by_image[image_id]:
-            if _outside(xywh_to_xyxy(ann['bbox']), h, w):
-                record['issues'].append({'kind': 'box_outside_image', 'message':
-                                         f'annotation {ann["id"]} (image {image_id}): bbox {ann["bbox"]} lies '
-                                         f'outside the {w}x{h} image: skipped'})
-                continue
-            mask = dataset.gt_mask(ann)
-            if not mask.any():
-                record['issues'].append({'kind': 'empty_mask', 'message':
-                                         f'annotation {ann["id"]} (image {image_id}): segmentation decodes to an '
-                                         'empty mask: skipped'})
-                continue
-            gts.append((ann, mask))
-
+    gts = _promptable_gts(dataset, image_id, h, w, record['issues']) if 'box' in modes or 'points' in modes else []
     if 'box' in modes:
-        record['box'], kept['box'] = [], []
-        if gts:
-            boxes = np.array([xywh_to_xyxy(a['bbox']) for a, _ in gts])
-            best = _best(*model.predict(boxes=boxes))
-            for (ann, gt), pred in zip(gts, best):
-                record['box'].append({'ann_id': ann['id'], 'area': float(ann['area']), 'iou': mask_iou(pred, gt)})
-                kept['box'].append(pred)
-
+        record['box'], kept['box'] = _box_prompts(model, gts)
     if 'points' in modes:
-        record['points'], kept['points'] = [], []
-        rounds = max(clicks)
-        clickers = [Clicker(gt) for _, gt in gts]
-        preds: List[Optional[np.ndarray]] = [None] * len(gts)
-        ious: List[List[float]] = [[] for _ in gts]
-        for _ in range(rounds):
-            active = []
-            for i, clicker in enumerate(clickers):
-                if clicker.next_click(preds[i]) is not None:
-                    active.append(i)
-            # every active prompt set has the same number of clicks (so nothing is padded): a clicker that found
-            # nothing to click (a perfect prediction, or every error pixel clicked already) keeps its prediction,
-            # hence stays inactive
-            if active:
-                prompts = [clickers[i].prompt() for i in active]
-                coords, labels = pad_point_sets([p[0] for p in prompts], [p[1] for p in prompts])
-                best = _best(*model.predict(point_coords=coords, point_labels=labels))
-                for i, pred in zip(active, best):
-                    preds[i] = pred
-            for i, (_, gt) in enumerate(gts):
-                ious[i].append(mask_iou(preds[i], gt))
-        for (ann, _), clicker, iou_list, pred in zip(gts, clickers, ious, preds):
-            record['points'].append({'ann_id': ann['id'], 'area': float(ann['area']), 'ious': iou_list,
-                                     'clicks': [[c.x, c.y, c.label] for c in clicker.clicks]})
-            kept['points'].append(pred)
-
+        record['points'], kept['points'] = _point_prompts(model, gts, max(clicks))
     if 'detector' in modes:
-        record['detector'], kept['detector'] = [], []
-        dets = []
-        for det in detections or []:
-            if _outside(xywh_to_xyxy(det['bbox']), h, w):
-                record['issues'].append({'kind': 'box_outside_image', 'message':
-                                         f'detection {det["det_index"]} (image {image_id}): bbox {det["bbox"]} '
-                                         f'lies outside the {w}x{h} image: skipped'})
-            else:
-                dets.append(det)
-        if dets:
-            best = _best(*model.predict(boxes=np.array([xywh_to_xyxy(d['bbox']) for d in dets])))
-            for det, pred in zip(dets, best):
-                record['detector'].append({'image_id': image_id, 'category_id': det['category_id'],
-                                           'score': float(det['score']), 'det_index': det['det_index'],
-                                           'segmentation': encode_mask(pred)})
-                kept['detector'].append(pred)
+        record['detector'], kept['detector'] = _detector_prompts(model, detections or [], image_id, h, w,
+                                                                 record['issues'])
     if keep_masks:
         record['_masks'] = kept
     return record
