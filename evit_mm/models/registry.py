@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import os
 import os.path as osp
 from dataclasses import dataclass, field
@@ -187,39 +188,32 @@ def variant_key(name: str, family: str = '') -> str:
 # Lazy imports: listing names costs nothing, and SAM (segment_anything) and the detectors (mmdet) are imported
 # only when such a model is built.
 
-def _msra(arch):
+def _lazy(module: str, builder: str, *args):
+    """A builder that imports ``module`` (relative to this package) when first called and returns
+    ``module.builder(*args, **kwargs)``."""
     def build(**kwargs):
-        from .efficientvit_msra import EfficientViTM
-        return EfficientViTM(arch, **kwargs)
+        return getattr(importlib.import_module(module, __package__), builder)(*args, **kwargs)
     return build
+
+
+def _msra(arch):
+    return _lazy('.efficientvit_msra', 'EfficientViTM', arch)
 
 
 def _mit(arch):
-    def build(**kwargs):
-        from .efficientvit_mit import build_efficientvit_backbone
-        return build_efficientvit_backbone(arch, **kwargs)
-    return build
+    return _lazy('.efficientvit_mit', 'build_efficientvit_backbone', arch)
 
 
 def _seg(config):
-    def build(**kwargs):
-        from .seg_head import EfficientViTSeg
-        return EfficientViTSeg(config, **kwargs)
-    return build
+    return _lazy('.seg_head', 'EfficientViTSeg', config)
 
 
 def _sam(variant):
-    def build(**kwargs):
-        from .sam import build_efficientvit_sam
-        return build_efficientvit_sam(variant, **kwargs)
-    return build
+    return _lazy('.sam', 'build_efficientvit_sam', variant)
 
 
 def _sr(preset, scale):
-    def build(**kwargs):
-        from . import sr
-        return getattr(sr, f'efficientvit_sr_{preset}')(scale, **kwargs)
-    return build
+    return _lazy('.sr', f'efficientvit_sr_{preset}', scale)
 
 
 def _sam_vit(arch):
@@ -230,10 +224,7 @@ def _sam_vit(arch):
 
 
 def _detector(config):
-    def build(**kwargs):
-        from ..mmdet.zoo import build_detector  # mmengine + mmdet, imported here only
-        return build_detector(config, **kwargs)
-    return build
+    return _lazy('..mmdet.zoo', 'build_detector', config)  # mmengine + mmdet, imported here only
 
 
 # ------------------------------------------------------------------------------------------------ MSRA (Cream)

@@ -318,12 +318,8 @@ def _checked_points(point_coords: Optional[torch.Tensor], point_labels: Optional
     if point_coords is not None and point_coords.numel() == 0 and point_coords.dim() == 3:
         point_coords = None
         point_labels = None if point_labels is None or point_labels.numel() == 0 else point_labels
-    if point_coords is None:
-        if point_labels is not None:
-            raise ValueError('point_labels given without point_coords')
+    if not _points_given(point_coords is not None, point_labels is not None):
         return None, None
-    if point_labels is None:
-        raise ValueError('point_labels must be supplied if point_coords is supplied.')
     if point_coords.dim() != 3 or point_coords.shape[-1] != 2:
         raise ValueError(f'point_coords must be (B, N, 2), got {tuple(point_coords.shape)}')
     if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
@@ -391,12 +387,8 @@ def _points_from_arrays(coords: Optional[np.ndarray], labels: Optional[np.ndarra
         return None, None
     if labels is not None and labels.size == 0 and coords is None:
         labels = None
-    if coords is None:
-        if labels is not None:
-            raise ValueError('point_labels given without point_coords')
+    if not _points_given(coords is not None, labels is not None):
         return None, None
-    if labels is None:
-        raise ValueError('point_labels must be supplied if point_coords is supplied.')
     if coords.ndim == 2:
         coords = coords[None]
     if coords.ndim != 3 or coords.shape[-1] != 2:
@@ -431,3 +423,14 @@ def _mask_input_from_arrays(masks: Optional[np.ndarray]) -> Optional[np.ndarray]
     if masks is not None and masks.ndim == 3:
         masks = masks[None]
     return masks
+
+
+def _points_given(has_coords: bool, has_labels: bool) -> bool:
+    """Whether points were given; labels without points and points without labels are errors."""
+    if not has_coords:
+        if has_labels:
+            raise ValueError('point_labels given without point_coords')
+        return False
+    if not has_labels:
+        raise ValueError('point_labels must be supplied if point_coords is supplied.')
+    return True
