@@ -110,19 +110,35 @@ def _randomize_state_dict_(model, g):
             t.copy_(torch.randn(t.shape, generator=g) * 0.1)
 
 
-@pytest.fixture(autouse=True)
-def _default_scope_stays_in_its_test():
-    """mmengine's current default scope is the latest ``DefaultScope`` made anywhere in the process; a test that
-    calls ``init_default_scope('mmagic')`` (or runs a Runner) would otherwise decide which registry a later test's
-    ``MODELS.build`` searches. The scopes a test made are dropped after it."""
-    registry = sys.modules.get('mmengine.registry')
-    before = set(registry.DefaultScope._instance_dict) if registry is not None else set()
-    yield
+def _drop_default_scopes_made_since(before: set) -> None:
     registry = sys.modules.get('mmengine.registry')
     if registry is not None:
         instances = registry.DefaultScope._instance_dict
         for name in [name for name in instances if name not in before]:
             del instances[name]
+
+
+def _default_scopes() -> set:
+    registry = sys.modules.get('mmengine.registry')
+    return set(registry.DefaultScope._instance_dict) if registry is not None else set()
+
+
+@pytest.fixture(autouse=True)
+def _default_scope_stays_in_its_test():
+    """mmengine's current default scope is the latest ``DefaultScope`` made anywhere in the process; a test that
+    calls ``init_default_scope('mmagic')`` (or runs a Runner) would otherwise decide which registry a later test's
+    ``MODELS.build`` searches. The scopes a test made are dropped after it."""
+    before = _default_scopes()
+    yield
+    _drop_default_scopes_made_since(before)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _default_scope_stays_in_its_module():
+    """The same for the scopes a test module's module-scoped fixtures made (a Runner built once for the module)."""
+    before = _default_scopes()
+    yield
+    _drop_default_scopes_made_since(before)
 
 
 @pytest.fixture

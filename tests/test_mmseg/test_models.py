@@ -18,6 +18,15 @@ CITY_B1 = 'efficientvit-b1_seg_8xb2-160k_cityscapes-1024x2048.py'
 ADE_B1 = 'efficientvit-b1_seg_8xb2-160k_ade20k-512x512.py'
 
 
+@pytest.fixture(autouse=True)
+def mmseg_scope():
+    """Every test here builds from mmseg's registries, as an mmseg Runner would: with mmseg's default scope current
+    (another library's, left by an earlier module's fixtures, would send ``MODELS.build`` to that library)."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        yield
+
+
 def load_cfg(name):
     from mmengine.config import Config
     import evit_mm.mmseg  # noqa: F401
