@@ -32,6 +32,7 @@ layers keep PyTorch's default initialisation and the classifier gets mmseg's ``c
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Optional, Sequence
 
 import torch
@@ -54,9 +55,9 @@ _TABLE_FIELDS = dict(in_channels='in_channel_list', head_width='head_width', hea
                      expand_ratio='expand_ratio', middle_op='middle_op', final_expand='final_expand',
                      num_classes='n_classes', fid_list='fid_list', stride_list='stride_list',
                      head_stride='head_stride', act='act', norm_eps='norm_eps')
-#: the reference's values of the optional ones, for a head given by its numbers
-_DEFAULTS = dict(fid_list=('stage4', 'stage3', 'stage2'), stride_list=(32, 16, 8), head_stride=8, act='hswish',
-                 norm_eps=1e-5)
+#: the optional ones' defaults, for a head given by its numbers: the core head's (the reference's values)
+_DEFAULTS = {k: p.default for k, field in _TABLE_FIELDS.items()
+             if (p := inspect.signature(EfficientViTSegHead).parameters[field]).default is not inspect.Parameter.empty}
 _SEQUENCES = ('in_channels', 'fid_list', 'stride_list')
 
 
