@@ -54,6 +54,15 @@ def _as_numpy(x, what: str, dtype=np.float64) -> Optional[np.ndarray]:
         raise ValueError(f'{what} must be a numeric array, got {type(x).__name__}: {e}') from None
 
 
+def _tensor(a, device, dtype=torch.float32) -> Optional[torch.Tensor]:
+    """``a`` (a tensor, an array or a list; ``None`` stays ``None``) as a ``dtype`` tensor on ``device``."""
+    if a is None:
+        return None
+    if not isinstance(a, torch.Tensor):
+        a = np.asarray(a, np.float32) if dtype == torch.float32 else np.asarray(a)
+    return torch.as_tensor(a, dtype=dtype, device=device)
+
+
 class PromptFrame:
     """A map of pixel coordinates to SAM's prompt frame: ``(x, y) -> (x * sx, y * sy)``.
 
@@ -186,10 +195,8 @@ class SamPrompts:
             coords = None if coords is None else frame.points(coords)
             boxes = None if boxes is None else frame.boxes(boxes)
 
-        def tensor(a, dtype=torch.float32):
-            return None if a is None else torch.as_tensor(a, dtype=dtype, device=device)
-
-        return cls(tensor(coords), tensor(labels, torch.int), tensor(boxes), tensor(masks), batched)
+        return cls(_tensor(coords, device), _tensor(labels, device, torch.int), _tensor(boxes, device),
+                   _tensor(masks, device), batched)
 
     @classmethod
     def as_tensors(cls, point_coords: Optional[ArrayLike] = None, point_labels: Optional[ArrayLike] = None,
@@ -197,14 +204,8 @@ class SamPrompts:
                    device: Union[str, torch.device, None] = None) -> 'SamPrompts':
         """Batched prompts (``(B, N, 2)``, ``(B, N)``, ``(B, 4)``, ``(B, 1, 256, 256)``) as tensors on ``device``:
         float32, labels int32; nothing is checked or moved between frames."""
-        def tensor(a, dtype=torch.float32):
-            if a is None:
-                return None
-            if not isinstance(a, torch.Tensor):
-                a = np.asarray(a, np.float32) if dtype == torch.float32 else np.asarray(a)
-            return torch.as_tensor(a, dtype=dtype, device=device)
-
-        return cls(tensor(point_coords), tensor(point_labels, torch.int), tensor(boxes), tensor(mask_input))
+        return cls(_tensor(point_coords, device), _tensor(point_labels, device, torch.int), _tensor(boxes, device),
+                   _tensor(mask_input, device))
 
     @classmethod
     def from_sample(cls, sample) -> 'SamPrompts':
